@@ -1,0 +1,3 @@
+from fedpress.cli import main
+
+main()

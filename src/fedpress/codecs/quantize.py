@@ -1,0 +1,381 @@
+"""Quantisers: fixed-point range, dynamic per-block, QSGD, sign and ternary.
+
+Codes are bit-packed: n-bit codes really take n bits (plus per-block scales). When a lossless
+entropy stage follows, odd widths (3, 5, 6, 7 bits) are stored one per byte instead so zstd sees
+whole symbols.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedpress.codecs._bits import pack_codes, pack_trits, packed_len, unpack_codes, unpack_trits
+from fedpress.codecs.base import Ctx, Param, Stage, blocks_of, f32_bytes, n_blocks, numel
+from fedpress.codecs.spec import register
+from fedpress.wire.errors import WireError
+
+
+def _store_bits(bits: int, ctx: Ctx) -> int:
+    return 8 if ctx.entropy_follows and bits in (3, 5, 6, 7) else bits
+
+
+def _write_codes(codes: np.ndarray, bits: int, ctx: Ctx) -> None:
+    ctx.write(pack_codes(codes, _store_bits(bits, ctx)))
+
+
+def _read_codes(n: int, bits: int, ctx: Ctx, what: str) -> np.ndarray:
+    sb = _store_bits(bits, ctx)
+    codes = unpack_codes(ctx.read(packed_len(n, sb), what), n, sb)
+    if sb != bits and codes.size and codes.max() >= (1 << bits):
+        raise WireError(f"{what}: code out of range for {bits} bits")
+    return codes
+
+
+# ----------------------------------------------------------------------------- fixed
+def fixed_quantize(g, bits: int, lo: float, hi: float, rounding: str = "floor", u=None):
+    """The fixed-point formula ``g' = ⌊(g−a)/(b−a)·2ⁿ⌋·(b−a)/2ⁿ + a`` on [a, b] = [lo, hi].
+
+    Values are clamped to [a, b]. ``g = b`` lands on level 2ⁿ, which does not fit in n bits, so it
+    is stored as the top level 2ⁿ−1. Returns ``(levels, reconstruction)``.
+
+    The worked example: g = 0.75 in [0, 1] with 8 bits gives level ⌊0.75·256⌋ = 192 and
+    g' = 192/256 = 0.75 exactly (it is sometimes misquoted as 191/256 ≈ 0.746):
+
+    >>> levels, g2 = fixed_quantize(np.array([0.75, 1.0, 0.3]), bits=8, lo=0.0, hi=1.0)
+    >>> levels.tolist(), g2.tolist()
+    ([192, 255, 76], [0.75, 0.99609375, 0.296875])
+    >>> fixed_quantize(np.array([0.3]), 8, 0.0, 1.0, rounding="nearest")[1].tolist()
+    [0.30078125]
+    """
+    a, b = np.float64(lo), np.float64(hi)
+    top = (1 << bits) - 1
+    v = (np.clip(np.asarray(g, np.float64), a, b) - a) / (b - a) * float(1 << bits)
+    if rounding == "floor":
+        lev = np.floor(v)
+    elif rounding == "nearest":
+        lev = np.rint(v)
+    elif rounding == "stochastic":
+        lev = np.floor(v + u)
+    else:
+        raise ValueError(f"unknown rounding {rounding!r}")
+    lev = np.minimum(lev, top).astype(np.uint8 if bits <= 8 else np.uint16)
+    return lev, fixed_dequantize(lev, bits, lo, hi)
+
+
+def fixed_dequantize(levels, bits: int, lo: float, hi: float) -> np.ndarray:
+    a, b = np.float64(lo), np.float64(hi)
+    return (levels.astype(np.float64) * ((b - a) / float(1 << bits)) + a).astype(np.float32)
+
+
+@register
+class Fixed(Stage):
+    """Fixed-point quantisation on an agreed range [lo, hi] (no per-tensor scales travel).
+
+    Error bound (floor): 0 ≤ g − g' < (hi−lo)/2ⁿ inside the range, and g = hi gives
+    g' = hi − (hi−lo)/2ⁿ; nearest halves that. Values outside [lo, hi] are clamped. ``rounding=stochastic``
+    is unbiased for values inside the range (a shared range is what secure aggregation needs).
+    """
+
+    name = "fixed"
+    help = "fixed-point n bits on an agreed range [lo,hi]: bits, lo, hi, rounding=floor|nearest|stochastic"
+    params = {
+        "bits": Param(int, 8, "bits per value", lo=1, hi=8),
+        "lo": Param(float, -1.0, "range start"),
+        "hi": Param(float, 1.0, "range end"),
+        "rounding": Param(str, "floor", "floor (the formula), nearest or stochastic",
+                          choices=("floor", "nearest", "stochastic")),
+    }
+
+    def validate(self):
+        if not self.lo < self.hi:
+            raise ValueError(f"needs lo < hi, got lo={self.lo}, hi={self.hi}")
+
+    @property
+    def unbiased(self):
+        return self.rounding == "stochastic"
+
+    def encode(self, x, ctx, rest):
+        u = ctx.rng().random(x.size) if self.rounding == "stochastic" else None
+        lev, rec = fixed_quantize(x.ravel(), self.bits, self.lo, self.hi, self.rounding, u)
+        _write_codes(lev, self.bits, ctx)
+        return rec.reshape(x.shape)
+
+    def decode(self, shape, ctx, rest):
+        lev = _read_codes(numel(shape), self.bits, ctx, "fixed codes")
+        return fixed_dequantize(lev, self.bits, self.lo, self.hi).reshape(shape)
+
+
+# ----------------------------------------------------------------------------- q (dynamic)
+def _q_encode(x2: np.ndarray, bits: int, mode: str, u):
+    """Per-block quantisation of an (nb, B) float32 array → (codes, lo, scale)."""
+    if mode == "minmax":
+        lo = x2.min(axis=1)
+        scale = (x2.max(axis=1) - lo) / np.float32((1 << bits) - 1)
+    else:  # absmax: symmetric grid, zero exactly representable
+        half = (1 << (bits - 1)) - 1
+        lo = -x2.__abs__().max(axis=1)
+        scale = -lo / np.float32(half)
+        lo = lo.astype(np.float32)
+    scale = scale.astype(np.float32)
+    lo = lo.astype(np.float32)
+    inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
+    v = (x2 - lo[:, None]) * inv[:, None]
+    v = np.floor(v + u.reshape(v.shape)) if u is not None else np.rint(v)
+    top = (1 << bits) - 1 if mode == "minmax" else 2 * ((1 << (bits - 1)) - 1)
+    codes = np.clip(v, 0, top).astype(np.uint8)
+    return codes, lo, scale
+
+
+def _q_decode(codes2: np.ndarray, lo: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return codes2.astype(np.float32) * scale[:, None] + lo[:, None]
+
+
+@register
+class Q(Stage):
+    """Dynamic quantisation: each block of ``block`` values gets its own range (min/max, or a
+    symmetric absmax grid) and n-bit codes; ``stochastic=1`` makes it unbiased.
+
+    ``target=e`` chooses, per tensor, the fewest bits (≤ ``bits``) whose relative L2 error is ≤ e.
+
+    Error bound: |g − g'| ≤ scale/2 per block (scale = (max−min)/(2ⁿ−1)), < scale when stochastic.
+
+    >>> import fedpress, numpy as np
+    >>> x = np.random.default_rng(0).normal(size=4096).astype(np.float32)
+    >>> y = fedpress.decompress(fedpress.compress(x, "q:bits=8"))
+    >>> bool(np.linalg.norm(y - x) / np.linalg.norm(x) < 0.01)
+    True
+    """
+
+    name = "q"
+    help = "per-block dynamic quantisation: bits=1..8, block=256, mode=minmax|absmax, stochastic, target"
+    params = {
+        "bits": Param(int, 8, "bits per value (the maximum when target is set)", lo=1, hi=8),
+        "block": Param(int, 256, "values per range block (0 = whole tensor)", lo=0, hi=1 << 24),
+        "mode": Param(str, "minmax", "minmax (asymmetric) or absmax (symmetric)", choices=("minmax", "absmax")),
+        "stochastic": Param(bool, False, "stochastic rounding (unbiased)"),
+        "target": Param(float, 0.0, "relative L2 error target per tensor (0 = off)", lo=0.0, hi=1.0),
+    }
+
+    def validate(self):
+        if self.mode == "absmax" and self.bits < 2:
+            raise ValueError("mode=absmax needs bits >= 2")
+
+    @property
+    def unbiased(self):
+        return self.stochastic
+
+    def _encode_bits(self, x2, bits, ctx):
+        u = ctx.rng(bits).random(x2.shape, dtype=np.float32) if self.stochastic else None
+        return _q_encode(x2, bits, self.mode, u)
+
+    def encode(self, x, ctx, rest):
+        x2, n = blocks_of(x.ravel(), self.block)
+        bits = self.bits
+        if self.target > 0 and n:
+            norm = float(np.linalg.norm(x))
+            lo_bits = 2 if self.mode == "absmax" else 1
+            for b in range(lo_bits, self.bits + 1):
+                codes, lo, scale = self._encode_bits(x2, b, ctx)
+                err = float(np.linalg.norm((_q_decode(codes, lo, scale) - x2).ravel()[:n]))
+                if err <= self.target * norm or b == self.bits:
+                    bits = b
+                    break
+            ctx.write(bytes([bits]))
+        elif self.target > 0:
+            ctx.write(bytes([bits]))
+            codes, lo, scale = self._encode_bits(x2, bits, ctx)
+        else:
+            codes, lo, scale = self._encode_bits(x2, bits, ctx)
+        if self.mode == "minmax":
+            ctx.write(f32_bytes(lo))
+        ctx.write(f32_bytes(scale))
+        _write_codes(codes.ravel()[:n], bits, ctx)
+        return _q_decode(codes, lo, scale).ravel()[:n].reshape(x.shape)
+
+    def decode(self, shape, ctx, rest):
+        n = numel(shape)
+        bits = self.bits
+        if self.target > 0:
+            bits = ctx.read(1, "q bit width")[0]
+            if not (2 if self.mode == "absmax" else 1) <= bits <= self.bits:
+                raise WireError(f"q bit width {bits} outside 1..{self.bits}")
+        nb = n_blocks(n, self.block)
+        if self.mode == "minmax":
+            lo = ctx.read_f32(nb, "q block minima")
+            scale = ctx.read_f32(nb, "q block scales")
+        else:
+            scale = ctx.read_f32(nb, "q block scales")
+            lo = -scale * np.float32((1 << (bits - 1)) - 1)
+        codes = _read_codes(n, bits, ctx, "q codes")
+        if self.mode == "absmax" and codes.size and codes.max() > 2 * ((1 << (bits - 1)) - 1):
+            raise WireError("q codes out of range")
+        if nb == 0:
+            return np.zeros(shape, np.float32)
+        bsz = n if nb == 1 else self.block
+        pad = np.zeros(nb * bsz, np.uint8)
+        pad[:n] = codes
+        return _q_decode(pad.reshape(nb, bsz), lo, scale).ravel()[:n].reshape(shape)
+
+
+# ----------------------------------------------------------------------------- QSGD
+@register
+class QSGD(Stage):
+    """QSGD (Alistarh et al. 2017): per block, the L2 norm and, per value, a sign and a level in
+    0..s chosen by stochastic rounding of s·|g|/‖g‖, so E[g'] = g (unbiased).
+
+    Error bound: |g − g'| ≤ ‖block‖₂ / s.
+    """
+
+    name = "qsgd"
+    help = "QSGD stochastic unbiased quantisation: levels=s (1..127), block=512 (bucket size)"
+    params = {
+        "levels": Param(int, 16, "quantisation levels s", lo=1, hi=127),
+        "block": Param(int, 512, "bucket size (0 = whole tensor)", lo=0, hi=1 << 24),
+    }
+
+    @property
+    def unbiased(self):
+        return True
+
+    @property
+    def bits(self) -> int:
+        return int(np.ceil(np.log2(2 * self.levels + 1)))
+
+    def _dequant(self, codes2, norm):
+        s = np.float32(self.levels)
+        return (codes2.astype(np.float32) - s) * (norm / s)[:, None]
+
+    def encode(self, x, ctx, rest):
+        x2, n = blocks_of(x.ravel(), self.block)
+        if n == 0:
+            ctx.write(b"")
+            ctx.write(b"")
+            return x.copy()
+        norm = np.sqrt(np.einsum("ij,ij->i", x2, x2, dtype=np.float64)).astype(np.float32)
+        # Padded tails repeat the last value; recompute the true norm of the last block.
+        nb, bsz = x2.shape
+        if nb * bsz != n:
+            tail = x.ravel()[(nb - 1) * bsz :]
+            norm[-1] = np.float32(np.sqrt(np.dot(tail.astype(np.float64), tail)))
+        s = np.float32(self.levels)
+        inv = np.divide(s, norm, out=np.zeros_like(norm), where=norm > 0)
+        mag = np.abs(x2) * inv[:, None]
+        u = ctx.rng().random(x2.shape, dtype=np.float32)
+        lev = np.minimum(np.floor(mag + u), s)
+        codes = (np.where(x2 < 0, -lev, lev) + s).astype(np.uint8)
+        ctx.write(f32_bytes(norm))
+        _write_codes(codes.ravel()[:n], self.bits, ctx)
+        return self._dequant(codes, norm).ravel()[:n].reshape(x.shape)
+
+    def decode(self, shape, ctx, rest):
+        n = numel(shape)
+        nb = n_blocks(n, self.block)
+        norm = ctx.read_f32(nb, "qsgd norms")
+        codes = _read_codes(n, self.bits, ctx, "qsgd codes")
+        if n == 0:
+            return np.zeros(shape, np.float32)
+        if codes.max() > 2 * self.levels:
+            raise WireError("qsgd code out of range")
+        bsz = n if nb == 1 else self.block
+        pad = np.full(nb * bsz, self.levels, np.uint8)
+        pad[:n] = codes
+        return self._dequant(pad.reshape(nb, bsz), norm).ravel()[:n].reshape(shape)
+
+
+# ----------------------------------------------------------------------------- sign
+@register
+class Sign(Stage):
+    """1-bit sign with a per-block scale (mean |g|), as in signSGD with majority vote / EF-signSGD
+    (Bernstein et al. 2018; Karimireddy et al. 2019). Biased: pair it with ``ef``.
+
+    Error bound: |g'| = mean |g| of its block, sign preserved (0 maps to +).
+    """
+
+    name = "sign"
+    help = "1-bit sign + mean-|g| scale per block (block=0: per tensor); use with ef"
+    params = {"block": Param(int, 0, "values per scale block (0 = whole tensor)", lo=0, hi=1 << 24)}
+
+    def encode(self, x, ctx, rest):
+        flat = x.ravel()
+        x2, n = blocks_of(flat, self.block)
+        nb = x2.shape[0]
+        if n == 0:
+            ctx.write(b"")
+            ctx.write(b"")
+            return x.copy()
+        bsz = x2.shape[1]
+        a = np.abs(x2).sum(axis=1, dtype=np.float64)
+        if nb * bsz != n:  # padded tail: scale over the real values only
+            a[-1] = np.abs(flat[(nb - 1) * bsz :]).sum(dtype=np.float64)
+        counts = np.full(nb, bsz, np.float64)
+        counts[-1] = n - (nb - 1) * bsz
+        scale = (a / counts).astype(np.float32)
+        bits = (flat >= 0).astype(np.uint8)
+        ctx.write(f32_bytes(scale))
+        ctx.write(pack_codes(bits, 1))
+        return self._dequant(bits, scale, n, bsz).reshape(x.shape)
+
+    @staticmethod
+    def _dequant(bits, scale, n, bsz):
+        s = np.repeat(scale, bsz)[:n]
+        return np.where(bits.astype(bool), s, -s).astype(np.float32)
+
+    def decode(self, shape, ctx, rest):
+        n = numel(shape)
+        nb = n_blocks(n, self.block)
+        scale = ctx.read_f32(nb, "sign scales")
+        bits = unpack_codes(ctx.read(packed_len(n, 1), "sign bits"), n, 1)
+        if n == 0:
+            return np.zeros(shape, np.float32)
+        bsz = n if nb == 1 else self.block
+        return self._dequant(bits, scale, n, bsz).reshape(shape)
+
+
+# ----------------------------------------------------------------------------- ternary
+@register
+class Ternary(Stage):
+    """TernGrad (Wen et al. 2017): g' = s·sign(g)·b with s = max|g| per block and
+    b ~ Bernoulli(|g|/s), so E[g'] = g. Trits are packed five to a byte (1.6 bits per value).
+
+    Error bound: |g − g'| ≤ s.
+    """
+
+    name = "ternary"
+    help = "TernGrad stochastic ternary {-s,0,s}, unbiased, 1.6 bits/value: block=0 (per tensor)"
+    params = {"block": Param(int, 0, "values per scale block (0 = whole tensor)", lo=0, hi=1 << 24)}
+
+    @property
+    def unbiased(self):
+        return True
+
+    def encode(self, x, ctx, rest):
+        flat = x.ravel()
+        x2, n = blocks_of(flat, self.block)
+        if n == 0:
+            ctx.write(b"")
+            ctx.write(b"")
+            return x.copy()
+        s = np.abs(x2).max(axis=1).astype(np.float32)
+        inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
+        p = (np.abs(x2) * inv[:, None]).ravel()[:n]
+        keep = ctx.rng().random(n, dtype=np.float32) < p
+        trits = np.where(keep, np.where(flat > 0, 1, 2), 0).astype(np.uint8)
+        ctx.write(f32_bytes(s))
+        ctx.write(pack_trits(trits))
+        return self._dequant(trits, s, n, x2.shape[1]).reshape(x.shape)
+
+    @staticmethod
+    def _dequant(trits, s, n, bsz):
+        sv = np.repeat(s, bsz)[:n]
+        sign = np.array([0.0, 1.0, -1.0], np.float32)[trits]
+        return (sv * sign).astype(np.float32)
+
+    def decode(self, shape, ctx, rest):
+        n = numel(shape)
+        nb = n_blocks(n, self.block)
+        s = ctx.read_f32(nb, "ternary scales")
+        trits = unpack_trits(ctx.read(None, "ternary trits"), n)
+        if n == 0:
+            return np.zeros(shape, np.float32)
+        bsz = n if nb == 1 else self.block
+        return self._dequant(trits, s, n, bsz).reshape(shape)

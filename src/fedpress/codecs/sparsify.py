@@ -1,0 +1,173 @@
+"""Sparsifiers: top-k, random-k (indices regenerated from the seed) and threshold.
+
+The kept values become a sub-tensor that the rest of the chain compresses further
+(``topk:ratio=0.01+q:bits=8``). Indices travel as delta-varints or as a bitmap, whichever is smaller.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fedpress.codecs._bits import varint_decode, varint_encode
+from fedpress.codecs.base import Ctx, Param, Stage, numel
+from fedpress.codecs.spec import register
+from fedpress.wire.errors import WireError
+
+_VARINT, _BITMAP = 0, 1
+
+
+def write_indices(ctx: Ctx, idx: np.ndarray, n: int) -> None:
+    """Sorted unique indices in [0, n): one mode byte, then gaps−1 as varints or an n-bit bitmap."""
+    gaps = np.diff(idx, prepend=-1) - 1
+    v = varint_encode(gaps)
+    if len(v) <= (n + 7) // 8:
+        ctx.write(bytes([_VARINT]) + v)
+    else:
+        bm = np.zeros(n, np.uint8)
+        bm[idx] = 1
+        ctx.write(bytes([_BITMAP]) + np.packbits(bm, bitorder="little").tobytes())
+
+
+def read_indices(ctx: Ctx, n: int, k: int | None = None) -> np.ndarray:
+    f = ctx.read(None, "indices")
+    if len(f) < 1:
+        raise WireError(f"indices of tensor {ctx.name!r}: missing mode byte")
+    mode, body = f[0], f[1:]
+    if mode == _VARINT:
+        gaps = varint_decode(body, k, max_value=n)
+        idx = np.cumsum(gaps.astype(np.int64) + 1) - 1
+        if idx.size and idx[-1] >= n:
+            raise WireError(f"indices of tensor {ctx.name!r} exceed its size {n}")
+    elif mode == _BITMAP:
+        if len(body) != (n + 7) // 8:
+            raise WireError(f"index bitmap of tensor {ctx.name!r}: wrong length")
+        bits = np.unpackbits(np.frombuffer(body, np.uint8), count=n, bitorder="little")
+        idx = np.flatnonzero(bits)
+        if k is not None and idx.size != k:
+            raise WireError(f"index bitmap of tensor {ctx.name!r}: {idx.size} set, expected {k}")
+    else:
+        raise WireError(f"indices of tensor {ctx.name!r}: unknown mode {mode}")
+    return idx
+
+
+def _scatter(n: int, idx: np.ndarray, vals: np.ndarray, shape) -> np.ndarray:
+    out = np.zeros(n, np.float32)
+    out[idx] = vals
+    return out.reshape(shape)
+
+
+def keep_count(n: int, ratio: float) -> int:
+    """Values kept out of n: ⌈ratio·n⌉, at least one of a non-empty tensor."""
+    return 0 if n == 0 else min(n, max(1, math.ceil(ratio * n - 1e-9)))
+
+
+def topk_indices(flat: np.ndarray, k: int) -> np.ndarray:
+    """Sorted indices of the k largest |values| (ties broken by position, deterministically)."""
+    n = flat.size
+    if k >= n:
+        return np.arange(n)
+    a = np.abs(flat)
+    part = np.argpartition(a, n - k)[n - k :]
+    return np.sort(part)
+
+
+@register
+class TopK(Stage):
+    """Keep the ⌈ratio·n⌉ largest-magnitude values of each tensor (Aji & Heafield 2017; Stich et al.
+    2018). Biased: pair it with ``ef``.
+
+    Error bound: ‖g − g'‖² ≤ (1 − k/n)·‖g‖² (before the values' own compression).
+    """
+
+    name = "topk"
+    help = "top-k sparsification per tensor: ratio=r (indices delta-varint or bitmap); use with ef"
+    role = "transform"
+    params = {"ratio": Param(float, 0.01, "fraction of values kept", lo=0.0, hi=1.0, lo_open=True)}
+
+    def encode(self, x, ctx, rest):
+        flat = x.ravel()
+        idx = topk_indices(flat, keep_count(flat.size, self.ratio))
+        write_indices(ctx, idx, flat.size)
+        (vals,) = rest([flat[idx]])
+        return _scatter(flat.size, idx, vals, x.shape)
+
+    def decode(self, shape, ctx, rest):
+        n = numel(shape)
+        k = keep_count(n, self.ratio)
+        idx = read_indices(ctx, n, k)
+        (vals,) = rest([(k,)])
+        return _scatter(n, idx, vals, shape)
+
+
+@register
+class RandK(Stage):
+    """Keep ⌈ratio·n⌉ values at positions drawn from the blob's seed: only the values travel, the
+    decoder regenerates the positions. ``unbiased=1`` rescales by n/k so E[g'] = g (Stich et al.
+    2018; Konečný et al. 2016).
+
+    Error bound: exact on kept positions (before the values' own compression), zero elsewhere.
+    """
+
+    name = "randk"
+    help = "random-k sparsification, positions from the seed (only values travel): ratio, unbiased=0|1"
+    role = "transform"
+    params = {
+        "ratio": Param(float, 0.01, "fraction of values kept", lo=0.0, hi=1.0, lo_open=True),
+        "unbiased": Param(bool, False, "rescale by n/k so the estimate is unbiased"),
+    }
+
+    @property
+    def unbiased(self):  # the parameter of the same name (stored in __dict__ by Stage.__init__)
+        return self.__dict__["unbiased"]
+
+    def _indices(self, n: int, ctx: Ctx) -> np.ndarray:
+        k = keep_count(n, self.ratio)
+        if k >= n:
+            return np.arange(n)
+        return np.sort(ctx.rng().choice(n, size=k, replace=False))
+
+    def _finish(self, n, idx, vals, shape):
+        out = _scatter(n, idx, vals, shape)
+        if self.unbiased and idx.size:
+            out *= np.float32(n / idx.size)
+        return out
+
+    def encode(self, x, ctx, rest):
+        flat = x.ravel()
+        idx = self._indices(flat.size, ctx)
+        (vals,) = rest([flat[idx]])
+        return self._finish(flat.size, idx, vals, x.shape)
+
+    def decode(self, shape, ctx, rest):
+        n = numel(shape)
+        idx = self._indices(n, ctx)
+        (vals,) = rest([(idx.size,)])
+        return self._finish(n, idx, vals, shape)
+
+
+@register
+class Threshold(Stage):
+    """Keep values with |g| ≥ tau (Strom 2015); the count varies, so it travels with the indices.
+
+    Error bound: |g − g'| < tau on dropped values, exact on kept ones.
+    """
+
+    name = "threshold"
+    help = "keep values with |g| >= tau (count varies per round): tau=t"
+    role = "transform"
+    params = {"tau": Param(float, 1e-3, "magnitude threshold", lo=0.0)}
+
+    def encode(self, x, ctx, rest):
+        flat = x.ravel()
+        idx = np.flatnonzero(np.abs(flat) >= np.float32(self.tau))
+        write_indices(ctx, idx, flat.size)
+        (vals,) = rest([flat[idx]])
+        return _scatter(flat.size, idx, vals, x.shape)
+
+    def decode(self, shape, ctx, rest):
+        n = numel(shape)
+        idx = read_indices(ctx, n)
+        (vals,) = rest([(idx.size,)])
+        return _scatter(n, idx, vals, shape)
