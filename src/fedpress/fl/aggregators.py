@@ -1,0 +1,117 @@
+"""Streaming, stackable aggregators (in the style of TensorFlow Federated's aggregation factories).
+
+A *factory* makes one *process* per round. The process sees client contributions one at a time
+(``accept``) and never keeps them: it folds each into running sums, so the server holds O(model)
+memory whatever the number of clients. Wrappers stack by taking an inner factory — decoding blobs,
+clipping and noising for differential privacy, secure summation — and each layer adds what it
+measured to the round's measurements.
+
+>>> import torch
+>>> proc = DecodingFactory(MeanFactory()).create()
+>>> import fedpress
+>>> for w, v in [(1.0, 1.0), (3.0, 2.0)]:
+...     proc.accept(fedpress.compress({"w": torch.full((2,), v)}, "none"), weight=w)
+>>> mean, meas = proc.result()
+>>> mean["w"].tolist(), meas["clients_aggregated"]
+([1.75, 1.75], 2)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+
+class Process(Protocol):
+    def accept(self, value: Any, weight: float = 1.0, client: int | None = None) -> None: ...
+
+    def result(self) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]: ...
+
+
+class Factory(Protocol):
+    def create(self) -> Process: ...
+
+
+class MeanFactory:
+    """Weighted mean of dicts of tensors, accumulated in float64 so the order of arrival barely
+    matters; ``result`` returns ``None`` when nothing was accepted."""
+
+    def create(self) -> _MeanProcess:
+        return _MeanProcess()
+
+
+class _MeanProcess:
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] | None = None
+        self.total = 0.0
+        self.count = 0
+
+    def accept(self, value: dict[str, torch.Tensor], weight: float = 1.0, client: int | None = None) -> None:
+        if weight <= 0:
+            return
+        if self.sums is None:
+            self.sums = {k: v.detach().to(torch.float64) * weight for k, v in value.items()}
+        else:
+            if value.keys() != self.sums.keys():
+                raise ValueError("update keys differ from the first update of the round")
+            for k, v in value.items():
+                self.sums[k].add_(v.detach().to(torch.float64), alpha=weight)
+        self.total += weight
+        self.count += 1
+
+    def result(self):
+        meas = {"clients_aggregated": self.count, "weight_total": self.total}
+        if self.sums is None:
+            return None, meas
+        return {k: (s / self.total).to(torch.float32) for k, s in self.sums.items()}, meas
+
+
+class SumFactory:
+    """Unweighted sum (what secure aggregation computes); the mean is left to the caller."""
+
+    def create(self) -> _SumProcess:
+        return _SumProcess()
+
+
+class _SumProcess(_MeanProcess):
+    def accept(self, value, weight: float = 1.0, client: int | None = None) -> None:
+        super().accept(value, 1.0, client)
+
+    def result(self):
+        meas = {"clients_aggregated": self.count}
+        if self.sums is None:
+            return None, meas
+        return {k: s.to(torch.float32) for k, s in self.sums.items()}, meas
+
+
+class DecodingFactory:
+    """Accepts blobs: decodes each (``fedpress.decompress``) and hands the tensors to the inner
+    process, then lets the decoded update go. Measures the bytes it decoded."""
+
+    def __init__(self, inner: Factory, *, structures=None, masks=None):
+        self.inner = inner
+        self.structures = structures
+        self.masks = masks
+
+    def create(self) -> _DecodingProcess:
+        return _DecodingProcess(self.inner.create(), self.structures, self.masks)
+
+
+class _DecodingProcess:
+    def __init__(self, inner: Process, structures, masks):
+        self.inner = inner
+        self.structures = structures
+        self.masks = masks
+        self.nbytes = 0
+
+    def accept(self, blob: bytes, weight: float = 1.0, client: int | None = None) -> None:
+        from fedpress.codecs import decompress
+
+        update = decompress(blob, structures=self.structures, masks=self.masks)
+        self.nbytes += len(blob)
+        self.inner.accept(update, weight, client)
+
+    def result(self):
+        value, meas = self.inner.result()
+        return value, {**meas, "decoded_bytes": self.nbytes}
