@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Codec",
+    "Simulation",
     "Limits",
     "SpecError",
     "Structure",
@@ -25,3 +26,12 @@ __all__ = [
     "compress",
     "decompress",
 ]
+
+
+def __getattr__(name: str):
+    # The simulator pulls in torch; keep `import fedpress` light for codec-only users.
+    if name == "Simulation":
+        from fedpress.sim.runner import Simulation
+
+        return Simulation
+    raise AttributeError(f"module 'fedpress' has no attribute {name!r}")

@@ -96,6 +96,11 @@ class Stage:
     def unbiased(self) -> bool:
         return False
 
+    @property
+    def needs_seed(self) -> bool:
+        """Whether encode or decode draws from ``ctx.rng()`` (otherwise the blob stores seed 0)."""
+        return False
+
     def validate(self) -> None:
         """Cross-parameter checks; raise ValueError naming the problem."""
 
@@ -193,8 +198,12 @@ def blocks_of(flat: np.ndarray, block: int) -> tuple[np.ndarray, int]:
     """View ``flat`` as (n_blocks, block), padding the tail by repeating its last value (so block
     statistics such as min, max and absmax are unchanged). ``block=0`` means one block."""
     n = flat.size
+    if n == 0:
+        # Zero blocks of width 1 (not (0, 0)): per-block reductions such as q's min/max over
+        # axis 1 must see an empty *batch*, not an empty axis, or numpy raises on empty tensors.
+        return flat.reshape(0, 1), 0
     if block <= 0 or block >= n:
-        return flat.reshape(1, n) if n else flat.reshape(0, 0), n
+        return flat.reshape(1, n), n
     nb = -(-n // block)
     if nb * block == n:
         return flat.reshape(nb, block), n

@@ -104,6 +104,9 @@ class Codec:
         self.zstd_level = stages[-1].level if stages[-1].name == "zstd" else None
         self.lossy = [s for s in stages if s.role in ("transform", "terminal")]
         self.raw = not self.lossy or [s.name for s in self.lossy] == ["none"]
+        # Deterministic pipelines store seed 0: same bytes whatever seed the caller passes, and a
+        # 1-byte varint instead of up to 9.
+        self.needs_seed = any(s.needs_seed for s in self.lossy)
 
     def __repr__(self) -> str:
         return f"Codec({self.spec!r})"
@@ -135,18 +138,20 @@ class Codec:
         seed: int = 0,
         structure: str = "full",
         masks: Mapping[str, np.ndarray] | None = None,
+        spec_ref: bool = False,
     ) -> Encoded:
         """Encode and also return the reconstruction the decoder will produce.
 
         ``structure="fingerprint"`` sends an 8-byte fingerprint instead of names, dtypes and shapes
-        (the receiver passes the agreed structure to ``decompress``). ``masks`` (name → bool array,
+        (the receiver passes the agreed structure to ``decompress``); ``spec_ref=True`` likewise sends
+        a 4-byte digest of the spec (the receiver passes ``specs=``). ``masks`` (name → bool array,
         True = kept) skips pruned coordinates entirely; the decoder needs the same masks.
         """
         if structure not in ("full", "fingerprint"):
             raise ValueError(f"structure must be 'full' or 'fingerprint', got {structure!r}")
         if not isinstance(seed, int | np.integer) or not 0 <= int(seed) < 1 << 64:
             raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-        seed = int(seed)
+        seed = int(seed) if self.needs_seed else 0
         st = Structure.of(obj)
         values = [obj[t.name] for t in st.tensors] if st.is_dict else [obj]
         state_in = dict(state) if state else {}
@@ -175,12 +180,18 @@ class Codec:
                 r = np.zeros(x.size, np.float32)
                 r[m] = _encode_chain(self.lossy, 0, x.ravel()[m], ctx)
                 r = r.reshape(x.shape)
+            rec = from_numpy(r, ts)
             if self.error_feedback:
-                state_out[residual_key(ts.name)] = (x - r).astype(np.float32)
-            recon.append(from_numpy(r, ts))
+                # The server sees the reconstruction cast back to the tensor's dtype (fp16, bf16,
+                # float64), so the residual must be taken against that, not against the float32 r:
+                # otherwise the cast's rounding is silently lost instead of fed back.
+                seen = r if ts.dtype == "float32" else to_numpy(rec).astype(np.float32)
+                state_out[residual_key(ts.name)] = (x - seen).astype(np.float32)
+            recon.append(rec)
         blob, header = write_blob(
             self.spec, seed, st, fields, by_fingerprint=structure == "fingerprint",
             zstd_level=self.zstd_level, mask_digest=mask_digest(masks) if masks else None,
+            spec_ref=spec_ref,
         )
         out = dict(zip([t.name for t in st.tensors], recon, strict=True)) if st.is_dict else recon[0]
         return Encoded(blob, {**state_in, **state_out}, out, header)
@@ -234,12 +245,15 @@ def decompress(
     structures: Structure | Iterable[Structure] | None = None,
     masks: Mapping[str, np.ndarray] | None = None,
     limits: Limits | None = None,
+    specs: Iterable[str] | None = None,
 ):
     """Decode a blob made by :func:`compress` / :meth:`Codec.encode` (no spec needed).
 
     Raises :class:`fedpress.WireError` on anything malformed, and on nothing else.
     """
-    p = read_blob(blob, limits=limits or DEFAULT_LIMITS, structures=structures)
+    if isinstance(specs, str):
+        specs = [specs]
+    p = read_blob(blob, limits=limits or DEFAULT_LIMITS, structures=structures, specs=specs)
     c = _codec_for_blob(p.spec)
     lim = limits or DEFAULT_LIMITS
     if p.mask_digest is not None:
@@ -253,6 +267,13 @@ def decompress(
             raise WireError("pruning masks differ from the ones the blob was encoded with")
     else:
         mk = {}
+    # Tampered (checksum-recomputed) blobs may carry inf/NaN scales; the arithmetic on them must not
+    # surface as RuntimeWarnings, which become exceptions under ``-W error``: only WireError may.
+    with np.errstate(all="ignore"):
+        return _decode_tensors(p, c, mk, lim)
+
+
+def _decode_tensors(p, c: Codec, mk: dict, lim: Limits):
     pos = [0]
     out = []
     for ti, ts in enumerate(p.structure.tensors):

@@ -31,6 +31,7 @@ def matrix_shape(shape, rank: int, min_size: int) -> tuple[int, int, int] | None
 
 class _LowRank(Stage):
     role = "transform"
+    needs_seed = True  # randomised range finder / PowerSGD's initial Q
     params = {
         "rank": Param(int, 4, "rank r", lo=1, hi=4096),
         "min_size": Param(int, 4096, "tensors with fewer values pass through", lo=0),

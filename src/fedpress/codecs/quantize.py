@@ -94,6 +94,8 @@ class Fixed(Stage):
     def unbiased(self):
         return self.rounding == "stochastic"
 
+    needs_seed = unbiased
+
     def encode(self, x, ctx, rest):
         u = ctx.rng().random(x.size) if self.rounding == "stochastic" else None
         lev, rec = fixed_quantize(x.ravel(), self.bits, self.lo, self.hi, self.rounding, u)
@@ -163,6 +165,8 @@ class Q(Stage):
     @property
     def unbiased(self):
         return self.stochastic
+
+    needs_seed = unbiased
 
     def _encode_bits(self, x2, bits, ctx):
         u = ctx.rng(bits).random(x2.shape, dtype=np.float32) if self.stochastic else None
@@ -236,6 +240,8 @@ class QSGD(Stage):
     @property
     def unbiased(self):
         return True
+
+    needs_seed = unbiased
 
     @property
     def bits(self) -> int:
@@ -347,6 +353,8 @@ class Ternary(Stage):
     @property
     def unbiased(self):
         return True
+
+    needs_seed = unbiased
 
     def encode(self, x, ctx, rest):
         flat = x.ravel()

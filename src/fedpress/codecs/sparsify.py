@@ -122,6 +122,10 @@ class RandK(Stage):
     def unbiased(self):  # the parameter of the same name (stored in __dict__ by Stage.__init__)
         return self.__dict__["unbiased"]
 
+    @property
+    def needs_seed(self):  # the positions are drawn from the seed
+        return True
+
     def _indices(self, n: int, ctx: Ctx) -> np.ndarray:
         k = keep_count(n, self.ratio)
         if k >= n:

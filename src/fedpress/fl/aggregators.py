@@ -89,26 +89,28 @@ class DecodingFactory:
     """Accepts blobs: decodes each (``fedpress.decompress``) and hands the tensors to the inner
     process, then lets the decoded update go. Measures the bytes it decoded."""
 
-    def __init__(self, inner: Factory, *, structures=None, masks=None):
+    def __init__(self, inner: Factory, *, structures=None, masks=None, specs=None):
         self.inner = inner
         self.structures = structures
         self.masks = masks
+        self.specs = specs
 
     def create(self) -> _DecodingProcess:
-        return _DecodingProcess(self.inner.create(), self.structures, self.masks)
+        return _DecodingProcess(self.inner.create(), self.structures, self.masks, self.specs)
 
 
 class _DecodingProcess:
-    def __init__(self, inner: Process, structures, masks):
+    def __init__(self, inner: Process, structures, masks, specs=None):
         self.inner = inner
         self.structures = structures
         self.masks = masks
+        self.specs = specs
         self.nbytes = 0
 
     def accept(self, blob: bytes, weight: float = 1.0, client: int | None = None) -> None:
         from fedpress.codecs import decompress
 
-        update = decompress(blob, structures=self.structures, masks=self.masks)
+        update = decompress(blob, structures=self.structures, masks=self.masks, specs=self.specs)
         self.nbytes += len(blob)
         self.inner.accept(update, weight, client)
 

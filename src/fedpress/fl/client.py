@@ -9,7 +9,8 @@ what later pruning and sparse codecs turn into saved bytes.
 >>> model = torch.nn.Linear(4, 2)
 >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
 >>> cfg = TrainConfig(epochs=2, batch_size=16, lr=0.1, l1=0.01)
->>> params, loss = local_train(model, dict(model.state_dict()), (x, y), cfg, seed=0)
+>>> start = {k: v.clone() for k, v in model.state_dict().items()}
+>>> params, loss = local_train(model, start, (x, y), cfg, seed=0)
 >>> sorted(params), loss > 0
 (['bias', 'weight'], True)
 """
@@ -52,7 +53,9 @@ def local_train(
     """Train ``model`` from ``params`` on ``data`` and return (new params, mean training loss).
 
     ``masks`` (name → bool tensor) pins pruned weights at zero: gradients are masked and weights
-    re-masked after every step, so pruned coordinates never come back.
+    re-masked after every step, so pruned coordinates never come back. ``params`` must not alias
+    the model's own tensors (pass a copy, not ``model.state_dict()`` itself): they would be trained
+    in place.
     """
     model.load_state_dict(params)
     model.train()

@@ -276,7 +276,7 @@ class Simulation:
             if t > 0:
                 delta = {k: G[k] - B[k] for k in float_keys}
                 e = self.down_codec.encode_ex(delta, st["down_state"], seed=derive_seed(self.seed, t, 1 << 20),
-                                              structure="fingerprint", masks=masks_np)
+                                              structure="fingerprint", masks=masks_np, spec_ref=True)
                 st["down_state"] = e.state
                 for k in float_keys:
                     B[k] = B[k] + e.recon[k]
@@ -324,7 +324,7 @@ class Simulation:
             update = {k: new[k] - Bsnap[k] for k in float_keys}
             codec = self.codec_for(c, t)
             e = codec.encode_ex(update, st["client_states"].get(c), seed=derive_seed(self.seed, t, c, 3),
-                                structure="fingerprint", masks=masks_np)
+                                structure="fingerprint", masks=masks_np, spec_ref=True)
             st["client_states"][c] = e.state
             tm["encode_s"] += time.perf_counter() - t0
             comp = netmod.compute_seconds(int(x.shape[0]), self.train_cfg.epochs, self.links[c])
@@ -339,7 +339,8 @@ class Simulation:
         # -- streaming aggregation of the kept blobs
         t0 = time.perf_counter()
         structure = Structure.of({k: G[k] for k in float_keys})
-        proc = DecodingFactory(MeanFactory(), structures=[structure], masks=masks_np).create()
+        specs = sorted({r[7] for r in results})
+        proc = DecodingFactory(MeanFactory(), structures=[structure], masks=masks_np, specs=specs).create()
         for c, blob, w, *_ in results:
             if c in kept:
                 proc.accept(blob, weight=w, client=c)
@@ -380,7 +381,7 @@ class Simulation:
             "sim_seconds": st["sim_seconds"], "round_seconds": timing.seconds,
             "clients_sampled": len(sampled), "clients_online": len(online),
             "clients_kept": len(kept), "clients_dropped": len(timing.dropped), "clients_failed": failed,
-            "train_loss": float(np.mean([r[6] for r in results])) if results else float("nan"),
+            "train_loss": float(np.mean([r[6] for r in results])) if results else None,
             "client_codecs": {str(r[0]): r[7] for r in results} if len({r[7] for r in results}) > 1 else None,
             "client_uplink_bytes": {str(r[0]): r[4] for r in results},
             **row_extra,

@@ -2,7 +2,7 @@
 
 A blob describes itself, so ``decompress`` needs no spec::
 
-    magic "FP" | version u8 | flags u8 | spec (varint len + utf-8) | seed (varint)
+    magic "FP" | version u8 | flags u8 | spec (varint len + utf-8, or a 4-byte digest) | seed (varint)
     | structure (full, or an 8-byte fingerprint agreed once per run) | [mask digest, 8 bytes]
     | body: field table (varint count, varint lengths) + field data, optionally zstd-framed
     | crc32 of everything before it (u32, little endian)
@@ -34,7 +34,13 @@ FLAG_FINGERPRINT = 1
 FLAG_ZSTD = 2
 FLAG_DICT = 4
 FLAG_MASKED = 8
-_KNOWN_FLAGS = FLAG_FINGERPRINT | FLAG_ZSTD | FLAG_DICT | FLAG_MASKED
+FLAG_SPEC_REF = 16
+_KNOWN_FLAGS = FLAG_FINGERPRINT | FLAG_ZSTD | FLAG_DICT | FLAG_MASKED | FLAG_SPEC_REF
+
+
+def spec_digest(spec: str) -> bytes:
+    """4 bytes naming a spec agreed in advance (``spec_ref=True``): saves ~20-40 bytes per blob."""
+    return hashlib.blake2b(spec.encode("utf-8"), digest_size=4, person=b"fedpress-spec").digest()
 _TORCH_BIT = 0x80
 
 # dtype codes on the wire; bfloat16 only exists for torch tensors.
@@ -293,6 +299,7 @@ def write_blob(
     by_fingerprint: bool = False,
     zstd_level: int | None = None,
     mask_digest: bytes | None = None,
+    spec_ref: bool = False,
 ) -> tuple[bytes, int]:
     """Assemble a blob; returns ``(blob, header_bytes)``.
 
@@ -302,6 +309,8 @@ def write_blob(
     flags = (FLAG_FINGERPRINT if by_fingerprint else 0) | (FLAG_DICT if structure.is_dict else 0)
     if mask_digest is not None:
         flags |= FLAG_MASKED
+    if spec_ref:
+        flags |= FLAG_SPEC_REF
     table = bytearray()
     put_varint(table, len(fields))
     for f in fields:
@@ -320,9 +329,12 @@ def write_blob(
     head = bytearray(MAGIC)
     head.append(WIRE_VERSION)
     head.append(flags)
-    sb = spec.encode("utf-8")
-    put_varint(head, len(sb))
-    head += sb
+    if spec_ref:
+        head += spec_digest(spec)
+    else:
+        sb = spec.encode("utf-8")
+        put_varint(head, len(sb))
+        head += sb
     put_varint(head, seed)
     head += structure.fingerprint() if by_fingerprint else structure.to_bytes()
     if mask_digest is not None:
@@ -347,6 +359,7 @@ def read_blob(
     *,
     limits: Limits = DEFAULT_LIMITS,
     structures: Structure | Iterable[Structure] | Mapping[bytes, Structure] | None = None,
+    specs: Iterable[str] | None = None,
 ) -> Parsed:
     """Check and parse a blob's envelope. Raises :class:`WireError` on anything malformed."""
     if not isinstance(blob, bytes | bytearray | memoryview):
@@ -368,11 +381,19 @@ def read_blob(
     flags = r.u8("flags")
     if flags & ~_KNOWN_FLAGS:
         raise WireError(f"unknown flags 0x{flags:02x}")
-    ls = r.varint("spec length", limits.max_spec_bytes)
-    try:
-        spec = bytes(r.take(ls, "spec")).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise WireError("spec is not valid utf-8") from e
+    if flags & FLAG_SPEC_REF:
+        dig = bytes(r.take(4, "spec digest"))
+        known = {spec_digest(s): s for s in (specs or ())}
+        if dig not in known:
+            raise WireError(f"blob names its codec spec by digest {dig.hex()}; pass the agreed spec(s) "
+                            "to decompress(..., specs=...)")
+        spec = known[dig]
+    else:
+        ls = r.varint("spec length", limits.max_spec_bytes)
+        try:
+            spec = bytes(r.take(ls, "spec")).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise WireError("spec is not valid utf-8") from e
     seed = r.varint("seed")
     is_dict = bool(flags & FLAG_DICT)
     if flags & FLAG_FINGERPRINT:

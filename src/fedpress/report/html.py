@@ -1,0 +1,377 @@
+"""A self-contained HTML report plus the CSV/JSON/PNG files behind it.
+
+``report.html`` needs nothing but itself: CSS is inline, plots are base64 ``data:`` URIs, and a
+Content-Security-Policy forbids any other source, so the file can be mailed, archived as a CI
+artifact or opened offline and look the same. Every piece of text that came from a run, a config
+or the environment goes through :func:`html.escape`, since codec specs and scenario names are
+user input.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedpress.report.plots import (
+    partition_matrix,
+    plot_metric_vs_bytes,
+    plot_metric_vs_round,
+    plot_metric_vs_time,
+    plot_partition,
+)
+from fedpress.report.tables import (
+    DISPLAY_COLUMNS,
+    display_rows,
+    results_table,
+    to_jsonable,
+    write_csv,
+    write_json,
+)
+
+__all__ = ["environment_info", "render_html", "write_report"]
+
+Run = Mapping[str, Any]
+
+# File names are part of the CLI contract (`fedpress compare` writes these into --out).
+FILES = {
+    "csv": "results.csv",
+    "json": "results.json",
+    "accuracy_vs_bytes": "accuracy_vs_bytes.png",
+    "metric_vs_round": "metric_vs_round.png",
+    "metric_vs_time": "metric_vs_time.png",
+    "partition": "partition.png",
+    "html": "report.html",
+}
+
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
+  margin:0 auto;max-width:1280px;padding:1.5rem 1.25rem 3rem;color:#1d2430;background:#fff;
+  line-height:1.45}
+h1{font-size:1.6rem;margin:0 0 .25rem}
+h2{font-size:1.2rem;margin:2rem 0 .6rem;border-bottom:1px solid #d8dee6;padding-bottom:.25rem}
+.meta{color:#5b6778;font-size:.9rem;margin:0 0 1rem}
+table{border-collapse:collapse;font-size:.88rem;margin:.25rem 0}
+th,td{border:1px solid #d8dee6;padding:.3rem .5rem;vertical-align:top}
+th{background:#f2f5f9;text-align:left;white-space:nowrap}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tbody tr:nth-child(even){background:#fafbfd}
+td.code,code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.85em}
+.scroll{overflow-x:auto}
+.plots{display:grid;grid-template-columns:1fr;gap:1rem;max-width:960px}
+figure{margin:0;border:1px solid #e3e8ef;border-radius:6px;padding:.5rem;background:#fff}
+figure img{display:block;max-width:100%;height:auto;margin:0 auto}
+figcaption{font-size:.85rem;color:#5b6778;text-align:center;margin-top:.3rem}
+.kv th{width:14rem}
+details{margin:.5rem 0}
+pre{background:#f6f8fa;border:1px solid #e3e8ef;padding:.6rem;overflow-x:auto;font-size:.8rem}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def _version(dist: str, module: str | None = None) -> str | None:
+    # A module already imported knows its exact build (torch's "+cpu"/"+cu121" local tag);
+    # otherwise ask the installed metadata rather than importing torch just to read a string.
+    mod = sys.modules.get(module or dist)
+    v = getattr(mod, "__version__", None)
+    if v:
+        return str(v)
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover - stdlib since 3.8
+        return None
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def environment_info() -> dict[str, Any]:
+    """Where the numbers came from: Python, library versions, platform and CPUs.
+
+    Cheap: it reads package metadata instead of importing torch.
+
+    >>> env = environment_info()
+    >>> sorted(k for k in ("python", "numpy", "torch", "platform", "cpu_count") if k in env)
+    ['cpu_count', 'numpy', 'platform', 'python', 'torch']
+    """
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = None
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "fedpress": _version("fedpress"),
+        "numpy": _version("numpy"),
+        "torch": _version("torch"),
+        "matplotlib": _version("matplotlib"),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:  # only when the run already paid for importing it
+        try:
+            info["torch_threads"] = torch.get_num_threads()
+            info["cuda"] = torch.version.cuda
+            info["cuda_available"] = bool(torch.cuda.is_available())
+        except Exception:  # diagnostics must never break a report
+            pass
+    return info
+
+
+def _data_uri(png: bytes | Path) -> str:
+    data = png if isinstance(png, bytes) else Path(png).read_bytes()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _value_html(v: Any) -> str:
+    if isinstance(v, (Mapping, list, tuple)):
+        return f"<code>{_e(json.dumps(to_jsonable(v), sort_keys=False))}</code>"
+    return _e("—" if v is None else v)
+
+
+def _kv_table(d: Mapping[str, Any], css_class: str = "kv") -> str:
+    if not d:
+        return "<p class='meta'>(none)</p>"
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_value_html(v)}</td></tr>" for k, v in d.items())
+    return f"<div class='scroll'><table class='{_e(css_class)}'><tbody>{rows}</tbody></table></div>"
+
+
+def _results_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    headers, cells = display_rows(rows)
+    head = "".join(f"<th scope='col'>{_e(h)}</th>" for h in headers)
+    body = []
+    for row in cells:
+        tds = []
+        for (key, _, _, right), c in zip(DISPLAY_COLUMNS, row, strict=True):
+            if right:
+                tds.append(f"<td class='num'>{_e(c)}</td>")
+            elif "codec" in key:
+                # Specs have no spaces; <wbr> after each '+' lets a long pipeline wrap by stage.
+                tds.append(f"<td class='code'>{_e(c).replace('+', '+<wbr>')}</td>")
+            else:
+                tds.append(f"<td>{_e(c)}</td>")
+        body.append(f"<tr>{''.join(tds)}</tr>")
+    return (
+        "<div class='scroll'><table class='results' id='results'>"
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _partition_html(partition: Mapping[str, Any] | None, heatmap: bytes | Path | None) -> str:
+    if not partition:
+        return "<p class='meta'>(no partition summary given)</p>"
+    ids, labels, counts, sizes = partition_matrix(partition)
+    bulky = {"label_counts", "clients", "sizes", "client_sizes", "num_samples", "n_samples"}
+    scalars = {k: v for k, v in partition.items() if k not in bulky}
+    parts = [_kv_table(scalars)] if scalars else []
+    if sizes:
+        stats = {
+            "clients": len(sizes),
+            "total samples": f"{sum(sizes):g}",
+            "size min / median / max": (
+                f"{min(sizes):g} / {statistics.median(sizes):g} / {max(sizes):g}"
+            ),
+        }
+        parts.append(_kv_table(stats))
+    if heatmap is not None:
+        parts.append(
+            "<figure><img alt='label counts per client' src='"
+            f"{_data_uri(heatmap)}'><figcaption>label counts per client</figcaption></figure>"
+        )
+    # A per-client table stays readable up to a few dozen clients; beyond that the heatmap and the
+    # size statistics say it better.
+    if sizes and len(sizes) <= 50:
+        show_labels = counts is not None and len(labels) <= 20
+        head = "<th>client</th><th>size</th>" + (
+            "".join(f"<th>{_e(lab)}</th>" for lab in labels) if show_labels else ""
+        )
+        body = []
+        for i, size in enumerate(sizes):
+            cid = ids[i] if i < len(ids) else str(i)
+            tds = f"<td>{_e(cid)}</td><td class='num'>{size:g}</td>"
+            if show_labels and counts is not None:
+                tds += "".join(f"<td class='num'>{c:g}</td>" for c in counts[i])
+            body.append(f"<tr>{tds}</tr>")
+        parts.append(
+            "<details><summary>per-client sizes"
+            + (" and label counts" if show_labels else "")
+            + "</summary><div class='scroll'><table class='partition'>"
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div></details>"
+        )
+    return "\n".join(parts)
+
+
+def render_html(
+    rows: Sequence[Mapping[str, Any]],
+    runs: Sequence[Run],
+    *,
+    images: Mapping[str, bytes | Path],
+    config: Mapping[str, Any] | None = None,
+    environment: Mapping[str, Any] | None = None,
+    partition: Mapping[str, Any] | None = None,
+    partition_image: bytes | Path | None = None,
+    title: str | None = None,
+) -> str:
+    """The report as one HTML string (see :func:`write_report`, which supplies the images).
+
+    ``images`` maps ``accuracy_vs_bytes`` / ``metric_vs_round`` / ``metric_vs_time`` to PNG bytes
+    or paths; missing ones are left out.
+
+    >>> page = render_html([{"codec": "<b>x</b>"}], [], images={}, title="t & t")
+    >>> "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page and "t &amp; t" in page
+    True
+    """
+    summaries = [dict(r.get("summary") or {}) for r in runs]
+    scenarios = list(dict.fromkeys(str(s["scenario"]) for s in summaries if s.get("scenario")))
+    metrics = list(dict.fromkeys(str(s["metric_name"]) for s in summaries if s.get("metric_name")))
+    if title is None:
+        title = "fedpress report" + (f" — {', '.join(scenarios)}" if scenarios else "")
+    targets = sorted({r["target"] for r in rows if r.get("target") is not None})
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    meta = [f"generated {now}", f"{len(rows)} run(s)"]
+    if metrics:
+        meta.append("metric: " + ", ".join(metrics))
+    if targets:
+        meta.append("target: " + ", ".join(f"{t:g}" for t in targets))
+    fp = _version("fedpress")
+    if fp:
+        meta.append(f"fedpress {fp}")
+
+    captions = {
+        "accuracy_vs_bytes": "metric vs cumulative uplink bytes (log scale): up and left wins",
+        "metric_vs_round": "metric vs round",
+        "metric_vs_time": "metric vs simulated time (network and compute)",
+    }
+    figs = []
+    for key, caption in captions.items():
+        if key in images:
+            figs.append(
+                f"<figure><img alt='{_e(caption)}' src='{_data_uri(images[key])}'>"
+                f"<figcaption>{_e(caption)}</figcaption></figure>"
+            )
+    part_html = _partition_html(partition, partition_image)
+
+    summaries_json = json.dumps(to_jsonable(summaries), indent=2)
+    body = f"""
+<h1>{_e(title)}</h1>
+<p class="meta">{_e(" · ".join(meta))}</p>
+<h2>Results</h2>
+{_results_html(rows)}
+<p class="meta">uplink ratio = uplink bytes of the uncompressed run (codec "none") ÷ this run's
+uplink bytes. All byte counts are lengths of bytes actually produced.</p>
+<h2>Plots</h2>
+<div class="plots">
+{"".join(figs) if figs else "<p class='meta'>(no plots)</p>"}
+</div>
+<h2>Configuration</h2>
+{_kv_table(config or {})}
+<h2>Environment</h2>
+{_kv_table(environment or {})}
+<h2>Partition</h2>
+{part_html}
+<h2>Run summaries</h2>
+<details><summary>{len(summaries)} summary object(s)</summary>
+<pre>{_e(summaries_json)}</pre></details>
+"""
+    return (
+        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
+        f"<body>{body}</body>\n</html>\n"
+    )
+
+
+def write_report(
+    out_dir: str | Path,
+    runs: Sequence[Run],
+    *,
+    config: Mapping[str, Any],
+    environment: Mapping[str, Any] | None = None,
+    partition: Mapping[str, Any] | None = None,
+    target: float | None = None,
+    title: str | None = None,
+) -> dict[str, Path]:
+    """Write the full comparison report into ``out_dir`` and return ``{name: path}``.
+
+    Files: ``results.csv``, ``results.json`` (rows, config, environment, partition, per-run
+    summaries and histories), ``accuracy_vs_bytes.png``, ``metric_vs_round.png``,
+    ``metric_vs_time.png``, ``partition.png`` (only with label counts) and ``report.html``.
+    Keys: ``csv json accuracy_vs_bytes metric_vs_round metric_vs_time [partition] html``.
+    ``environment`` defaults to :func:`environment_info`.
+
+    >>> import tempfile
+    >>> run = {"summary": {"scenario": "digits", "codec": "none", "metric_name": "accuracy",
+    ...                    "total_uplink_bytes": 4096, "final_metric": 0.9},
+    ...        "history": [{"round": 1, "metric": 0.9, "cum_uplink_bytes": 4096,
+    ...                     "sim_seconds": 1.0}]}
+    >>> paths = write_report(tempfile.mkdtemp(), [run], config={"rounds": 1})
+    >>> sorted(paths)
+    ['accuracy_vs_bytes', 'csv', 'html', 'json', 'metric_vs_round', 'metric_vs_time']
+    >>> all(p.exists() for p in paths.values())
+    True
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(environment) if environment is not None else environment_info()
+    rows = results_table(runs, target=target)
+    paths: dict[str, Path] = {}
+    paths["csv"] = write_csv(rows, out / FILES["csv"])
+    paths["json"] = write_json(
+        {
+            "rows": rows,
+            "target": target,
+            "config": config,
+            "environment": env,
+            "partition": partition,
+            "summaries": [r.get("summary") or {} for r in runs],
+            # Histories let a report be re-rendered (or re-plotted) from results.json alone.
+            "histories": [list(r.get("history") or []) for r in runs],
+        },
+        out / FILES["json"],
+    )
+    tgt = target
+    if tgt is None:
+        own = {row["target"] for row in rows if row.get("target") is not None}
+        tgt = own.pop() if len(own) == 1 else None
+    paths["accuracy_vs_bytes"] = plot_metric_vs_bytes(
+        runs, out / FILES["accuracy_vs_bytes"], target=tgt
+    )
+    paths["metric_vs_round"] = plot_metric_vs_round(
+        runs, out / FILES["metric_vs_round"], target=tgt
+    )
+    paths["metric_vs_time"] = plot_metric_vs_time(runs, out / FILES["metric_vs_time"], target=tgt)
+    heat = plot_partition(partition, out / FILES["partition"])
+    if heat is not None:
+        paths["partition"] = heat
+    page = render_html(
+        rows,
+        runs,
+        images={k: paths[k] for k in ("accuracy_vs_bytes", "metric_vs_round", "metric_vs_time")},
+        config=config,
+        environment=env,
+        partition=partition,
+        partition_image=heat,
+        title=title,
+    )
+    paths["html"] = out / FILES["html"]
+    paths["html"].write_text(page, encoding="utf-8")
+    return paths

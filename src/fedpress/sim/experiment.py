@@ -1,0 +1,191 @@
+"""Experiments: a scenario + a config → a :class:`~fedpress.sim.runner.Simulation`, its files and
+its report. What ``fedpress run`` and ``fedpress compare`` (and TOML configs) are made of."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fedpress.codecs import Codec
+
+
+class ConfigError(ValueError):
+    """A bad config value or key; the message names it."""
+
+
+@dataclass
+class RunConfig:
+    """Every option of ``fedpress run``; ``None`` means "the scenario's default"."""
+
+    scenario: str = "digits"
+    codec: str = "none"
+    down_codec: str | None = None
+    clients: int | None = None
+    per_round: int | None = None
+    rounds: int | None = None
+    partition: str | None = None
+    alpha: float | None = None
+    network: str | None = None
+    deadline: float | None = None
+    seed: int = 0
+    local_epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    strategy: str = "fedavg"
+    server_lr: float | None = None
+    prox_mu: float = 0.0
+    l1: float = 0.0
+    l2: float = 0.0
+    prune: float | None = None  # target sparsity (fraction pruned)
+    prune_mode: str = "oneshot"
+    prune_scope: str = "global"
+    prune_start: int | None = None
+    prune_end: int | None = None
+    target: float | None = None
+    data_root: str | None = None
+    checkpoint_every: int = 0
+    per_client_eval: bool = False
+
+    def check(self) -> RunConfig:
+        """Validate values that can be checked before loading anything (one clear error each)."""
+        Codec(self.codec)
+        if self.down_codec:
+            Codec(self.down_codec)
+        for name in ("clients", "per_round", "rounds", "local_epochs", "batch_size"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("alpha", "lr", "deadline"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"{name} must be > 0, got {v!r}")
+        if self.prune is not None and not 0 <= self.prune < 1:
+            raise ConfigError(f"prune (target sparsity) must be in [0, 1), got {self.prune!r}")
+        from fedpress.data import SCENARIOS
+
+        if self.scenario not in SCENARIOS:
+            raise ConfigError(f"unknown scenario {self.scenario!r}; known: {', '.join(SCENARIOS)}")
+        return self
+
+
+RUN_KEYS = {f.name: f for f in fields(RunConfig)}
+COMPARE_KEYS = {"codecs", "out", "jobs", "quiet"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    f = RUN_KEYS[key]
+    t = str(f.type)
+    if value is None:
+        return None
+    if "bool" in t:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} must be true/false, got {value!r}")
+        return value
+    if t.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
+        return value
+    if t.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path, *, allow_compare: bool = False) -> dict[str, Any]:
+    """Read a TOML config; unknown keys or bad values are one :class:`ConfigError` naming them."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    allowed = set(RUN_KEYS) | (COMPARE_KEYS if allow_compare else set())
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) in {path}: {', '.join(unknown)}")
+    out = {}
+    for k, v in data.items():
+        if k in RUN_KEYS:
+            out[k] = _coerce(k, v)
+        elif k == "codecs":
+            if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+                raise ConfigError("config key 'codecs' must be a list of spec strings")
+            out[k] = v
+        else:
+            out[k] = v
+    return out
+
+
+def slug(spec: str) -> str:
+    """A file-system-safe name for a codec spec."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", spec).strip("_") or "codec"
+
+
+def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress=None):
+    """Load the scenario, partition its data and build the Simulation (plus a partition summary)."""
+    from fedpress.data import get_scenario
+    from fedpress.fl.pruning import PruneSchedule
+    from fedpress.sim.partition import partition, summarize
+    from fedpress.sim.runner import Simulation
+
+    sc = get_scenario(cfg.scenario)
+    data = sc.load(seed=cfg.seed, data_root=cfg.data_root)
+    y = data.y_train.numpy()
+    scheme = cfg.partition or sc.partition
+    if scheme == "natural":
+        if data.groups is None:
+            raise ConfigError(f"scenario {sc.name!r} has no natural client groups")
+        groups = sorted(set(data.groups.tolist()))
+        parts = [(data.groups == g).nonzero()[0] for g in groups]
+    else:
+        parts = partition(y, cfg.clients or sc.clients, scheme, alpha=cfg.alpha or sc.alpha, seed=cfg.seed)
+    clients = [(data.x_train[p], data.y_train[p]) for p in parts]
+    rounds = cfg.rounds or sc.rounds
+    prune = None
+    if cfg.prune is not None:
+        start = cfg.prune_start if cfg.prune_start is not None else max(1, rounds // 4)
+        end = cfg.prune_end if cfg.prune_end is not None else max(start + 1, (3 * rounds) // 4)
+        prune = PruneSchedule(sparsity=cfg.prune, scope=cfg.prune_scope, mode=cfg.prune_mode,
+                              start=start, end=end)
+    part_summary = summarize(y, parts, data.n_classes)
+    part_summary["scheme"] = scheme
+    sim = Simulation(
+        lambda: sc.build_model(data), clients, (data.x_test, data.y_test),
+        codec=cfg.codec, down_codec=cfg.down_codec, rounds=rounds,
+        per_round=cfg.per_round or sc.per_round, local_epochs=cfg.local_epochs or sc.local_epochs,
+        lr=cfg.lr or sc.lr, batch_size=cfg.batch_size or sc.batch_size, seed=cfg.seed,
+        strategy=cfg.strategy, server_lr=cfg.server_lr, prox_mu=cfg.prox_mu, l1=cfg.l1, l2=cfg.l2,
+        prune=prune, network=cfg.network or sc.network, deadline=cfg.deadline, metric=sc.metric,
+        per_client_eval=cfg.per_client_eval, target=cfg.target, scenario=sc.name,
+        checkpoint_every=cfg.checkpoint_every, out_dir=out_dir, progress=progress,
+        extra_summary={"partition": scheme, "alpha": cfg.alpha or sc.alpha, "synthetic": sc.synthetic},
+    )
+    return sim, part_summary
+
+
+def run_experiment(cfg: RunConfig, out_dir: str | Path | None, *, resume=None, progress=None):
+    """Run one configuration; writes metrics.jsonl, summary.json, partition.json and config.json."""
+    sim, part = build_simulation(cfg, out_dir, progress)
+    if out_dir:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "partition.json").write_text(json.dumps(part))
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    res = sim.run(resume=resume)
+    return res, part
+
+
+def _run_one(args):
+    """Process-pool entry point for ``compare --jobs``."""
+    cfg, out_dir = args
+    res, part = run_experiment(cfg, out_dir)
+    return {"summary": res.summary, "history": res.history}, part

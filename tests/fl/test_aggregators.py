@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+import torch
+
+import fedpress
+from fedpress.fl.aggregators import DecodingFactory, MeanFactory, SumFactory
+
+
+def test_weighted_mean_streams_and_matches_numpy():
+    rng = np.random.default_rng(0)
+    ups = [{"a": torch.tensor(rng.normal(size=(3, 4)), dtype=torch.float32)} for _ in range(5)]
+    w = [1.0, 2.0, 0.5, 4.0, 3.0]
+    p = MeanFactory().create()
+    for u, wi in zip(ups, w, strict=True):
+        p.accept(u, wi)
+    mean, meas = p.result()
+    want = sum(wi * u["a"].double() for u, wi in zip(ups, w, strict=True)) / sum(w)
+    assert torch.allclose(mean["a"].double(), want, atol=1e-6)
+    assert meas["clients_aggregated"] == 5
+    # Streaming: the process keeps one running sum, not the updates.
+    assert list(vars(p)) == ["sums", "total", "count"]
+
+
+def test_empty_round_returns_none():
+    mean, meas = MeanFactory().create().result()
+    assert mean is None and meas["clients_aggregated"] == 0
+
+
+def test_mismatched_keys_rejected():
+    p = MeanFactory().create()
+    p.accept({"a": torch.zeros(2)})
+    with pytest.raises(ValueError, match="keys differ"):
+        p.accept({"b": torch.zeros(2)})
+
+
+def test_decoding_factory_counts_real_bytes_and_decodes():
+    blobs = [fedpress.compress({"w": torch.full((100,), float(i))}, "q:bits=8") for i in range(3)]
+    p = DecodingFactory(SumFactory()).create()
+    for b in blobs:
+        p.accept(b)
+    total, meas = p.result()
+    assert meas["decoded_bytes"] == sum(len(b) for b in blobs)
+    assert torch.allclose(total["w"], torch.full((100,), 3.0), atol=1e-5)
+
+
+def test_decoding_factory_rejects_garbage_with_wire_error():
+    p = DecodingFactory(MeanFactory()).create()
+    with pytest.raises(fedpress.WireError):
+        p.accept(b"not a blob at all")

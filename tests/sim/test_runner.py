@@ -1,0 +1,148 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import fedpress
+from fedpress.sim.network import Link
+from fedpress.sim.runner import Simulation
+
+
+def _acc(probs, y):
+    return float((probs.argmax(1) == y).mean())
+
+
+def _data(n_clients=8, n=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(3, 10, generator=g) * 2
+
+    def make(m):
+        y = torch.randint(0, 3, (m,), generator=g)
+        return centers[y] + torch.randn(m, 10, generator=g), y
+
+    return [make(n) for _ in range(n_clients)], make(300)
+
+
+def _model():
+    return torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+
+
+def _sim(**kw):
+    clients, test = _data()
+    args = {"rounds": 4, "per_round": 4, "lr": 0.1, "metric": _acc, "network": "4g"}
+    args.update(kw)
+    return Simulation(_model, clients, test, **args)
+
+
+def test_learns_and_reports_contract_keys(tmp_path):
+    res = _sim(rounds=6, out_dir=tmp_path).run()
+    assert res.history[-1]["metric"] > 0.8
+    for key in ("round", "metric", "loss", "uplink_bytes", "downlink_bytes", "cum_uplink_bytes",
+                "cum_downlink_bytes", "sim_seconds"):
+        assert key in res.history[0]
+    summ = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("scenario", "codec", "final_metric", "best_metric", "metric_name", "total_uplink_bytes",
+                "total_downlink_bytes", "rounds", "sim_seconds", "wall_seconds", "seed"):
+        assert key in summ
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and json.loads(lines[-1])["round"] == 6
+
+
+def test_same_seed_same_metrics_file(tmp_path):
+    _sim(out_dir=tmp_path / "a", codec="ef+topk:ratio=0.1+qsgd:levels=4").run()
+    _sim(out_dir=tmp_path / "b", codec="ef+topk:ratio=0.1+qsgd:levels=4").run()
+    _sim(out_dir=tmp_path / "c", codec="ef+topk:ratio=0.1+qsgd:levels=4", seed=1).run()
+    a, b, c = ((tmp_path / d / "metrics.jsonl").read_bytes() for d in "abc")
+    assert a == b and a != c
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path):
+    kw = {"codec": "ef+powersgd:rank=2+q:bits=8", "down_codec": "ef+q:bits=8", "checkpoint_every": 3}
+    full = _sim(rounds=6, out_dir=tmp_path / "full", **kw).run()
+    _sim(rounds=3, out_dir=tmp_path / "part", **kw).run()  # "interrupted" after round 3
+    resumed = _sim(rounds=6, out_dir=tmp_path / "part", **kw).run(resume=tmp_path / "part")
+    assert resumed.history == full.history
+    assert (tmp_path / "full" / "metrics.jsonl").read_bytes() == (tmp_path / "part" / "metrics.jsonl").read_bytes()
+
+
+def test_uplink_bytes_are_blob_lengths():
+    res = _sim(codec="none").run()
+    clients, _ = _data()
+    upd = {k: torch.zeros_like(v) for k, v in _model().state_dict().items()}
+    one = len(fedpress.compress(upd, "none", structure="fingerprint", spec_ref=True))
+    for h in res.history:
+        assert h["uplink_bytes"] == sum(h["client_uplink_bytes"].values())
+        assert h["uplink_bytes"] == one * h["clients_online"]
+        # no downlink codec: every client downloads the full model blob (with its structure)
+        assert h["downlink_bytes"] == len(fedpress.compress(upd, "none")) * h["clients_online"]
+
+
+def test_compression_cuts_uplink_bytes_by_measured_ratio():
+    dense = _sim(codec="none").run().summary["total_uplink_bytes"]
+    comp = _sim(codec="ef+topk:ratio=0.05+q:bits=8").run().summary["total_uplink_bytes"]
+    assert dense / comp > 4
+
+
+def test_downlink_codec_sends_less_to_in_sync_clients():
+    res = _sim(rounds=6, per_round=8, down_codec="q:bits=8").run()
+    full = _sim(rounds=6, per_round=8).run()
+    # round 1 everyone downloads the full model; afterwards in-sync clients get a q8 delta
+    assert res.history[0]["downlink_bytes"] == full.history[0]["downlink_bytes"]
+    assert res.history[-1]["downlink_bytes"] < full.history[-1]["downlink_bytes"] / 3
+
+
+def test_crashing_client_is_dropped_not_fatal():
+    clients, test = _data()
+    clients[2] = (torch.randn(10, 7), torch.zeros(10, dtype=torch.long))  # wrong feature size
+    sim = Simulation(_model, clients, test, rounds=3, per_round=8, lr=0.1, metric=_acc)
+    with pytest.warns(UserWarning, match="client 2 failed"):
+        res = sim.run()
+    assert all(h["clients_failed"] == 1 and h["clients_kept"] == 7 for h in res.history)
+
+
+def test_round_with_no_survivor_is_skipped():
+    clients, test = _data(n_clients=2)
+    bad = [(torch.randn(10, 7), torch.zeros(10, dtype=torch.long))] * 2
+    sim = Simulation(_model, bad, test, rounds=2, per_round=2, metric=_acc)
+    with pytest.warns(UserWarning):
+        res = sim.run()
+    assert [h["clients_kept"] for h in res.history] == [0, 0]
+    assert res.history[0]["metric"] == res.history[1]["metric"]
+
+
+def test_deadline_drops_stragglers_and_clock_uses_slowest_kept():
+    clients, test = _data(n_clients=4)
+    fast = Link(up_mbps=50, down_mbps=50, latency_s=0.01)
+    slow = Link(up_mbps=0.001, down_mbps=0.001, latency_s=1.0)
+    links = [fast, fast, fast, slow]
+    sim = Simulation(_model, clients, test, rounds=2, per_round=4, metric=_acc, network=links, deadline=5.0)
+    res = sim.run()
+    for h in res.history:
+        assert h["clients_dropped"] == 1 and h["clients_kept"] == 3
+        assert h["round_seconds"] < 5.0
+
+
+def test_pruning_saves_uplink_bytes(tmp_path):
+    base = _sim(rounds=6, codec="q:bits=8").run()
+    pr = _sim(rounds=6, codec="q:bits=8", prune={"sparsity": 0.8, "start": 2, "mode": "oneshot"}).run()
+    assert pr.history[-1]["sparsity"] >= 0.79
+    assert pr.history[-1]["uplink_bytes"] < 0.5 * base.history[-1]["uplink_bytes"]
+
+
+def test_error_feedback_state_persists_for_clients_sitting_out(tmp_path):
+    sim = _sim(rounds=3, per_round=2, codec="ef+topk:ratio=0.1", checkpoint_every=3, out_dir=tmp_path)
+    sim.run()
+    st = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert len(st["client_states"]) >= 2
+    for s in st["client_states"].values():
+        res = [v for k, v in s.items() if k.startswith("ef/")]
+        assert res and any(np.abs(r).sum() > 0 for r in res)
+
+
+def test_bad_arguments():
+    clients, test = _data()
+    with pytest.raises(fedpress.SpecError):
+        Simulation(_model, clients, test, codec="topk:ratio=2")
+    with pytest.raises(ValueError, match="empty"):
+        Simulation(_model, [], test)
