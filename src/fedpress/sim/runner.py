@@ -22,6 +22,7 @@ gives an identical ``metrics.jsonl`` and a resumed run equals an uninterrupted o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -39,6 +40,7 @@ from fedpress.fl.aggregators import DecodingFactory, MeanFactory
 from fedpress.fl.client import TrainConfig, evaluate_loss, local_train, predict_proba
 from fedpress.fl.pruning import PruneSchedule, magnitude_masks, sparsity_of
 from fedpress.fl.strategies import make_strategy
+from fedpress.policy.estimator import LinkEstimator
 from fedpress.sim import network as netmod
 from fedpress.wire import Structure
 
@@ -130,6 +132,9 @@ class Simulation:
         progress: Callable[[dict], None] | None = None,
         extra_summary: dict | None = None,
         threads: int | None = 1,
+        policy=None,
+        jitter: float = 0.0,
+        probe_every: int = 5,
     ):
         if not client_datasets:
             raise ValueError("client_datasets is empty")
@@ -176,11 +181,57 @@ class Simulation:
         # Small per-client models train far faster on one intra-op thread (measured here: 5 ms vs
         # 61 ms per client on 2 busy cores); parallelism belongs across clients, not inside a step.
         self.threads = threads
+        from fedpress.policy import make_policy
+
+        self.policy = make_policy(policy)
+        self.jitter = float(jitter)
+        self.probe_every = max(int(probe_every), 1)
+        self._assigned: dict[int, str] = {}
+        self._codecs: dict[str, Codec] = {self.codec.spec: self.codec}
 
     # ------------------------------------------------------------------ helpers
     def codec_for(self, client: int, rnd: int) -> Codec:
-        """The uplink codec of ``client`` in round ``rnd`` (one fixed codec; policies override)."""
-        return self.codec
+        """The uplink codec of ``client`` in round ``rnd``: the fixed codec, or the policy's pick."""
+        spec = self._assigned.get(client)
+        if spec is None:
+            return self.codec
+        if spec not in self._codecs:
+            self._codecs[spec] = Codec(spec)
+        return self._codecs[spec]
+
+    def _jittered(self, client: int, rnd: int) -> netmod.Link:
+        ln = self.links[client]
+        if not self.jitter:
+            return ln
+        f = np.random.default_rng([self.seed, rnd, client, 17]).lognormal(0.0, self.jitter, 2)
+        return dataclasses.replace(ln, up_mbps=ln.up_mbps * f[0], down_mbps=ln.down_mbps * f[1])
+
+    def _assign(self, st, t, online, downs, float_keys, masks_np) -> dict[int, str]:
+        from fedpress.policy import ClientView, RoundInfo
+
+        ladder = tuple(self.policy.ladder)
+        if t % self.probe_every == 0 or set(ladder) - set(st["ladder_bytes"]):
+            # Real blobs of a probe update (the last aggregated delta; before any, a small random
+            # one) tell the policy what each rung costs on this model — measured, not computed.
+            probe = st.get("last_delta")
+            if probe is None:
+                g = torch.Generator().manual_seed(derive_seed(self.seed, 99) & 0x7FFFFFFF)
+                probe = {k: torch.randn(st["G"][k].shape, generator=g) * 1e-2 for k in float_keys}
+            st["ladder_bytes"] = {
+                spec: len(Codec(spec).encode_ex(probe, None, seed=1, structure="fingerprint",
+                                                masks=masks_np, spec_ref=True).blob)
+                for spec in ladder
+            }
+        est = st["estimator"]
+        views = [ClientView(client=c, up_mbps=est.mbps(c, "up"), down_mbps=est.mbps(c, "down"),
+                            up_latency_s=est.latency(c, "up"), down_latency_s=est.latency(c, "down"),
+                            compute_s=est.predict_compute(c, float(self.clients[c][0].shape[0]) * self.train_cfg.epochs),
+                            down_bytes=downs[c]) for c in online]
+        budget = getattr(self.policy, "total", None)
+        info = RoundInfo(round=t, rounds=self.rounds, deadline=self.deadline,
+                         budget_left=None if budget is None else budget - st["cum_up"],
+                         ladder_bytes=st["ladder_bytes"], history=st["history"])
+        return self.policy.assign(info, views)
 
     def _evaluate(self, model, params) -> tuple[float, float]:
         x, y = self.test
@@ -197,6 +248,7 @@ class Simulation:
             "strategy": self.strategy.init(params), "down_state": {}, "client_states": {},
             "client_version": {}, "bcast": [], "masks": None, "mask_version": -1,
             "client_mask_version": {}, "history": [], "sim_seconds": 0.0, "cum_up": 0, "cum_down": 0,
+            "estimator": LinkEstimator(), "ladder_bytes": {}, "last_delta": None,
             "timing": {"train_s": 0.0, "encode_s": 0.0, "decode_aggregate_s": 0.0, "eval_s": 0.0, "total_s": 0.0},
         }
 
@@ -205,7 +257,7 @@ class Simulation:
             raise ValueError("checkpointing needs out_dir")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.out_dir / (CHECKPOINT + ".tmp")
-        torch.save(st, tmp)
+        torch.save({**st, "estimator": st["estimator"].state_dict()}, tmp)
         tmp.replace(self.out_dir / CHECKPOINT)
 
     # ------------------------------------------------------------------ the run
@@ -227,6 +279,9 @@ class Simulation:
             if not path.exists():
                 raise FileNotFoundError(f"no checkpoint at {path}")
             st = torch.load(path, weights_only=False)
+            est = LinkEstimator()
+            est.load_state_dict(st["estimator"])
+            st["estimator"] = est
         else:
             st = self._fresh_state()
         model = (torch.manual_seed(self.seed), self.model_fn())[1]
@@ -293,9 +348,8 @@ class Simulation:
         online = netmod.sample_available(self.links, sampled, rng)
         online = [int(c) for c in online]
 
-        results = []  # (client, blob, weight, down, up, compute_s, train_loss)
-        failed = 0
-        Bsnap = {k: v.clone() for k, v in B.items()}
+        # -- what each online client must download to hold B (known before anyone trains)
+        downs: dict[int, int] = {}
         for c in online:
             ver = st["client_version"].get(c, -1)
             if self.down_codec is None or ver < 0:
@@ -308,6 +362,16 @@ class Simulation:
                 down += mask_blob_len
                 st["client_mask_version"][c] = st["mask_version"]
             st["client_version"][c] = t
+            downs[c] = down
+
+        # -- the policy picks each client's codec from what the server knows
+        self._assigned = self._assign(st, t, online, downs, float_keys, masks_np) if self.policy else {}
+
+        results = []  # (client, blob, weight, down, up, compute_s, train_loss, spec)
+        failed = 0
+        Bsnap = {k: v.clone() for k, v in B.items()}
+        for c in online:
+            down = downs[c]
             x, y = self.clients[c]
             t0 = time.perf_counter()
             try:
@@ -330,11 +394,19 @@ class Simulation:
             comp = netmod.compute_seconds(int(x.shape[0]), self.train_cfg.epochs, self.links[c])
             results.append((c, e.blob, float(x.shape[0]), down, len(e.blob), comp, tr_loss, codec.spec))
 
-        # -- clock: stragglers past the deadline are dropped
-        parts = [netmod.Participant(client=c, link=self.links[c], down_bytes=d, up_bytes=u, compute_s=cs)
+        # -- clock: stragglers past the deadline are dropped. Links jitter per round when asked.
+        links = {c: self._jittered(c, t) for c, *_ in results}
+        parts = [netmod.Participant(client=c, link=links[c], down_bytes=d, up_bytes=u, compute_s=cs)
                  for (c, _b, _w, d, u, cs, _l, _s) in results]
         timing = netmod.round_clock(parts, self.deadline)
         kept = set(timing.kept)
+        # The server observes the transfers it took part in (not the links themselves).
+        est = st["estimator"]
+        for c, _b, w, d, u, cs, *_ in results:
+            ln = links[c]
+            est.observe(c, "down", d, netmod.transfer_seconds(d, ln.down_mbps, ln.latency_s))
+            est.observe(c, "up", u, netmod.transfer_seconds(u, ln.up_mbps, ln.latency_s))
+            est.observe_compute(c, w * self.train_cfg.epochs, cs)
 
         # -- streaming aggregation of the kept blobs
         t0 = time.perf_counter()
@@ -345,6 +417,8 @@ class Simulation:
             if c in kept:
                 proc.accept(blob, weight=w, client=c)
         mean, meas = proc.result()
+        update_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in mean.values()))) if mean else None
+        st["last_delta"] = mean if mean is not None else st["last_delta"]
         if mean is not None:
             G2, st["strategy"] = self.strategy.apply(G, mean, st["strategy"])
             G.update(G2)
@@ -375,7 +449,7 @@ class Simulation:
         st["cum_down"] += downb
         st["sim_seconds"] += timing.seconds
         row = {
-            "round": t + 1, "metric": metric, "loss": loss,
+            "round": t + 1, "metric": metric, "loss": loss, "update_norm": update_norm,
             "uplink_bytes": up, "downlink_bytes": downb,
             "cum_uplink_bytes": st["cum_up"], "cum_downlink_bytes": st["cum_down"],
             "sim_seconds": st["sim_seconds"], "round_seconds": timing.seconds,
@@ -405,6 +479,7 @@ class Simulation:
             "rounds": len(hist), "sim_seconds": st["sim_seconds"], "wall_seconds": wall,
             "seed": self.seed, "clients": len(self.clients), "per_round": self.per_round,
             "strategy": self.strategy.name, "network": self.network_name, "deadline": self.deadline,
+            "policy": getattr(self.policy, "name", "fixed"),
             "timing": {k: round(v, 4) for k, v in st["timing"].items()},
             **self.extra_summary,
         }

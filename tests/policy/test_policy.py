@@ -1,0 +1,127 @@
+import numpy as np
+import pytest
+import torch
+
+import fedpress
+from fedpress.policy import (
+    Accordion,
+    Budget,
+    ClientView,
+    Deadline,
+    LinkEstimator,
+    RoundInfo,
+    make_policy,
+)
+from fedpress.sim.network import Link, transfer_seconds
+from fedpress.sim.runner import Simulation
+
+LADDER = {"none": 400_000, "fp16": 200_000, "ef+q:bits=8": 100_000, "ef+topk:ratio=0.01+q:bits=8": 2_000}
+
+
+def _info(**kw):
+    base = {"round": 0, "rounds": 10, "deadline": None, "budget_left": None, "ladder_bytes": LADDER}
+    base.update(kw)
+    return RoundInfo(**base)
+
+
+def test_deadline_choice_fits_hand_computed_link():
+    # 1 Mbit/s up, 8 Mbit/s down, 50 ms latency, 2 s compute, 100 kB download:
+    # none 0.15+2+0.05+3.2 = 5.4 s; fp16 3.8 s; q8 3.0 s; topk 2.216 s
+    v = ClientView(client=3, up_mbps=1.0, down_mbps=8.0, up_latency_s=0.05, down_latency_s=0.05,
+                   compute_s=2.0, down_bytes=100_000)
+    assert v.predict(LADDER["none"]) == pytest.approx(5.4)
+    ladder = tuple(LADDER)
+    assert Deadline(6.0, safety=1.0, ladder=ladder).assign(_info(), [v]) == {3: "none"}
+    assert Deadline(4.0, safety=1.0, ladder=ladder).assign(_info(), [v]) == {3: "fp16"}
+    assert Deadline(3.5, safety=1.0, ladder=ladder).assign(_info(), [v]) == {3: "ef+q:bits=8"}
+    # nothing fits: the most aggressive rung
+    assert Deadline(1.0, safety=1.0, ladder=ladder).assign(_info(), [v]) == {3: "ef+topk:ratio=0.01+q:bits=8"}
+
+
+def test_bandwidth_estimate_converges_on_noisy_link():
+    rng = np.random.default_rng(0)
+    est = LinkEstimator(window=32)
+    true_mbps, lat = 0.5, 0.3
+    errs = [abs(est.mbps(7, "up") - true_mbps) / true_mbps]  # the prior: 1 Mbit/s
+    for _ in range(60):
+        nbytes = int(rng.choice([5_000, 40_000, 200_000]))
+        noisy = transfer_seconds(nbytes, true_mbps * rng.lognormal(0, 0.2), lat)
+        est.observe(7, "up", nbytes, noisy)
+        errs.append(abs(est.mbps(7, "up") - true_mbps) / true_mbps)
+    assert errs[0] > 0.5 and np.mean(errs[-10:]) < 0.12
+    assert abs(est.latency(7, "up") - lat) < 0.1
+
+
+def test_estimate_with_one_size_uses_population_latency():
+    est = LinkEstimator()
+    for b in (1_000, 50_000, 120_000):  # client 0: varied sizes, latency identifiable
+        est.observe(0, "up", b, 0.2 + 8 * b / 1e6)
+    est.observe(1, "up", 10_000, 0.2 + 8 * 10_000 / 4e6)  # client 1: one size only
+    assert est.mbps(1, "up") == pytest.approx(4.0, rel=0.05)
+
+
+def test_codec_switch_keeps_error_feedback_exact():
+    g = torch.Generator().manual_seed(0)
+    c1, c2 = fedpress.codec("ef+topk:ratio=0.05+q:bits=8"), fedpress.codec("ef+q:bits=4")
+    x1 = {"w": torch.randn(40, 30, generator=g)}
+    x2 = {"w": torch.randn(40, 30, generator=g)}
+    blob1, st = c1.encode(x1, c1.init(), seed=1)
+    r1 = st["ef/w"].copy()
+    blob2, st2 = c2.encode(x2, st, seed=2)  # the residual from topk feeds the q4 codec
+    want = (x2["w"].numpy() + r1) - fedpress.decompress(blob2)["w"].numpy()
+    assert np.array_equal(st2["ef/w"], want.astype(np.float32))
+
+
+def test_budget_policy_spends_within_budget():
+    g = torch.Generator().manual_seed(1)
+    clients = [(torch.randn(40, 10, generator=g), torch.randint(0, 3, (40,), generator=g)) for _ in range(6)]
+    test = (torch.randn(100, 10, generator=g), torch.randint(0, 3, (100,), generator=g))
+    model = lambda: torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))  # noqa: E731
+    budget = 12_000
+    res = Simulation(model, clients, test, rounds=5, per_round=3, policy=f"budget:bytes={budget}",
+                     network="wifi").run()
+    assert res.summary["total_uplink_bytes"] <= budget
+    used = {s for h in res.history for s in (h.get("client_codecs") or {}).values()}
+    unlimited = Simulation(model, clients, test, rounds=5, per_round=3, network="wifi").run()
+    assert unlimited.summary["total_uplink_bytes"] > budget
+    del used
+
+
+def test_deadline_policy_in_simulation_records_codecs_and_keeps_slow_clients():
+    g = torch.Generator().manual_seed(2)
+    clients = [(torch.randn(50, 10, generator=g), torch.randint(0, 3, (50,), generator=g)) for _ in range(4)]
+    test = (torch.randn(100, 10, generator=g), torch.randint(0, 3, (100,), generator=g))
+    model = lambda: torch.nn.Sequential(torch.nn.Linear(10, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))  # noqa: E731
+    fast = Link(up_mbps=20, down_mbps=50, latency_s=0.02)
+    slow = Link(up_mbps=0.005, down_mbps=0.5, latency_s=0.5)
+    links = [fast, fast, slow, slow]
+    kw = {"rounds": 6, "per_round": 4, "network": links, "deadline": 3.0}
+    fixed = Simulation(model, clients, test, **kw).run()
+    pol = Simulation(model, clients, test, policy="deadline:seconds=3", jitter=0.1, **kw).run()
+    assert sum(h["clients_dropped"] for h in fixed.history) >= 2 * 5
+    # after the estimator has seen each client once, the slow ones get aggressive codecs and fit
+    assert sum(h["clients_dropped"] for h in pol.history[2:]) == 0
+    last = pol.history[-1]["client_codecs"]
+    assert last["0"] != last["2"]
+    assert pol.history[-1]["client_uplink_bytes"]["2"] < pol.history[-1]["client_uplink_bytes"]["0"]
+
+
+def test_accordion_switches_on_update_norm_change():
+    a = Accordion(eta=0.3, interval=1, warmup=2)
+    hist = [{"update_norm": 1.0}, {"update_norm": 0.5}]
+    assert a.critical(hist)
+    hist += [{"update_norm": 0.48}]
+    assert not a.critical(hist)
+    v = ClientView(0, 1, 1, 0, 0, 0, 0)
+    assert a.assign(_info(history=hist), [v]) == {0: a.aggressive}
+
+
+def test_make_policy_errors():
+    assert make_policy("fixed") is None
+    assert isinstance(make_policy("budget:bytes=1e6"), Budget)
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("greedy")
+    with pytest.raises(ValueError, match="seconds must be > 0"):
+        make_policy("deadline:seconds=0")
+    with pytest.raises(ValueError, match="must be a number"):
+        make_policy("deadline:seconds=abc")
