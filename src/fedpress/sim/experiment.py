@@ -50,6 +50,8 @@ class RunConfig:
     data_root: str | None = None
     checkpoint_every: int = 0
     per_client_eval: bool = False
+    policy: str | None = None  # fixed | deadline:seconds=S | budget:bytes=B | accordion
+    jitter: float = 0.0  # per-round lognormal sigma of link bandwidths
 
     def check(self) -> RunConfig:
         """Validate values that can be checked before loading anything (one clear error each)."""
@@ -64,6 +66,13 @@ class RunConfig:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ConfigError(f"{name} must be > 0, got {v!r}")
+        if self.policy:
+            from fedpress.policy import make_policy
+
+            try:
+                make_policy(self.policy)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if self.prune is not None and not 0 <= self.prune < 1:
             raise ConfigError(f"prune (target sparsity) must be in [0, 1), got {self.prune!r}")
         from fedpress.data import SCENARIOS
@@ -167,6 +176,7 @@ def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress
         prune=prune, network=cfg.network or sc.network, deadline=cfg.deadline, metric=sc.metric,
         per_client_eval=cfg.per_client_eval, target=cfg.target, scenario=sc.name,
         checkpoint_every=cfg.checkpoint_every, out_dir=out_dir, progress=progress,
+        policy=cfg.policy, jitter=cfg.jitter,
         extra_summary={"partition": scheme, "alpha": cfg.alpha or sc.alpha, "synthetic": sc.synthetic},
     )
     return sim, part_summary

@@ -37,11 +37,12 @@ import torch
 
 from fedpress.codecs import Codec, compress
 from fedpress.fl.aggregators import DecodingFactory, MeanFactory
-from fedpress.fl.client import TrainConfig, evaluate_loss, local_train, predict_proba
+from fedpress.fl.client import TrainConfig, evaluate_loss, predict_proba
 from fedpress.fl.pruning import PruneSchedule, magnitude_masks, sparsity_of
 from fedpress.fl.strategies import make_strategy
 from fedpress.policy.estimator import LinkEstimator
 from fedpress.sim import network as netmod
+from fedpress.sim.backends import ClientJob, make_backend
 from fedpress.wire import Structure
 
 log = logging.getLogger("fedpress")
@@ -135,6 +136,8 @@ class Simulation:
         policy=None,
         jitter: float = 0.0,
         probe_every: int = 5,
+        backend: str = "local",
+        backend_options: dict | None = None,
     ):
         if not client_datasets:
             raise ValueError("client_datasets is empty")
@@ -186,6 +189,10 @@ class Simulation:
         self.policy = make_policy(policy)
         self.jitter = float(jitter)
         self.probe_every = max(int(probe_every), 1)
+        if backend not in ("local", "ray"):
+            raise ValueError(f"unknown backend {backend!r} (local or ray)")
+        self.backend = backend
+        self.backend_options = backend_options or {}
         self._assigned: dict[int, str] = {}
         self._codecs: dict[str, Codec] = {self.codec.spec: self.codec}
 
@@ -285,6 +292,13 @@ class Simulation:
         else:
             st = self._fresh_state()
         model = (torch.manual_seed(self.seed), self.model_fn())[1]
+        self._backend = make_backend(self.backend, self.model_fn, self.clients, **self.backend_options)
+        try:
+            return self._loop(st, model, wall0)
+        finally:
+            self._backend.close()
+
+    def _loop(self, st, model, wall0) -> SimResult:
         float_keys = [k for k, v in st["G"].items() if v.is_floating_point()]
         tm = st["timing"]
         if self.out_dir:
@@ -370,29 +384,25 @@ class Simulation:
         results = []  # (client, blob, weight, down, up, compute_s, train_loss, spec)
         failed = 0
         Bsnap = {k: v.clone() for k, v in B.items()}
-        for c in online:
-            down = downs[c]
-            x, y = self.clients[c]
-            t0 = time.perf_counter()
-            try:
-                new, tr_loss = local_train(model, Bsnap, (x, y), self.train_cfg,
-                                           seed=derive_seed(self.seed, t, c, 2), loss_fn=self.loss_fn,
-                                           masks=masks)
-            except Exception as exc:  # a crashing client must not take the round down
-                warnings.warn(f"round {t + 1}: client {c} failed in local training ({exc!r}); dropped", stacklevel=2)
+        jobs = [ClientJob(client=c, spec=self.codec_for(c, t).spec, state=st["client_states"].get(c),
+                          train_seed=derive_seed(self.seed, t, c, 2), encode_seed=derive_seed(self.seed, t, c, 3))
+                for c in online]
+        outs = self._backend.map(Bsnap, jobs, self.train_cfg, float_keys=float_keys, masks=masks,
+                                 masks_np=masks_np, loss_fn=self.loss_fn)
+        for job, out in zip(jobs, outs, strict=True):
+            c = job.client
+            tm["train_s"] += out["train_s"]
+            if "error" in out:
+                warnings.warn(f"round {t + 1}: client {c} failed in local training ({out['error']}); dropped",
+                              stacklevel=2)
                 failed += 1
-                tm["train_s"] += time.perf_counter() - t0
                 continue
-            tm["train_s"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            update = {k: new[k] - Bsnap[k] for k in float_keys}
-            codec = self.codec_for(c, t)
-            e = codec.encode_ex(update, st["client_states"].get(c), seed=derive_seed(self.seed, t, c, 3),
-                                structure="fingerprint", masks=masks_np, spec_ref=True)
-            st["client_states"][c] = e.state
-            tm["encode_s"] += time.perf_counter() - t0
-            comp = netmod.compute_seconds(int(x.shape[0]), self.train_cfg.epochs, self.links[c])
-            results.append((c, e.blob, float(x.shape[0]), down, len(e.blob), comp, tr_loss, codec.spec))
+            tm["encode_s"] += out["encode_s"]
+            st["client_states"][c] = out["state"]
+            n = int(self.clients[c][0].shape[0])
+            comp = netmod.compute_seconds(n, self.train_cfg.epochs, self.links[c])
+            blob = out["blob"]
+            results.append((c, blob, float(n), downs[c], len(blob), comp, out["loss"], job.spec))
 
         # -- clock: stragglers past the deadline are dropped. Links jitter per round when asked.
         links = {c: self._jittered(c, t) for c, *_ in results}

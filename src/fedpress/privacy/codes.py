@@ -1,0 +1,241 @@
+"""Compressed updates that secure aggregation can sum: integer codes on a range shared by all.
+
+Masking works on integers mod 2ᵏ, and the server only ever decodes the *sum*. That is possible
+exactly when decoding is affine with the same parameters for every client: with the shared range
+[lo, hi] of ``fixed``, a code c means c·scale + lo (scale = (hi − lo)/2ⁿ), so
+
+    Σ_clients value = (Σ_clients c)·scale + n_survivors·lo.
+
+Codes from per-client scales (``q``'s block ranges, ``qsgd``'s norms, ``sign``'s means) or
+per-client positions (``topk``, ``threshold``) do not add up this way; :func:`secagg_compatible`
+says which specs work and why the others do not. ``randk`` works when every client keeps the
+*same* positions, drawn from a seed shared for the round. ``ef`` works too: the residual never
+leaves the client. Stochastic rounding keeps every client's codes unbiased, so the decoded mean is
+unbiased for values inside the range; values outside are clipped to it (a bias: pick R, or clip
+the update's L2 norm first, so that clipping is rare).
+
+>>> import numpy as np, torch
+>>> codec = SharedRangeCodec("fixed:bits=8,lo=-1,hi=1,rounding=stochastic")
+>>> ups = [{"w": torch.tensor([0.25, -0.5, 0.9])}, {"w": torch.tensor([0.75, 0.5, -0.1])}]
+>>> codes = [codec.encode(u, round_seed=7, client_seed=i)[0] for i, u in enumerate(ups)]
+>>> mean = codec.decode_mean(sum(c.astype(np.int64) for c in codes), 2, ups[0], round_seed=7)
+>>> bool((mean["w"] - torch.tensor([0.5, 0.0, 0.4])).abs().max() <= codec.error_bound())
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedpress.codecs.quantize import fixed_quantize
+from fedpress.codecs.sparsify import keep_count
+from fedpress.codecs.spec import SpecError, parse_spec
+
+_FLOATS = "float values do not add modulo 2^k; quantise on a shared range: fixed:lo=-R,hi=R"
+_LOWRANK = "low-rank factors multiply: a sum of factorisations is not a factorisation of the sum"
+_REFUSE = {
+    "none": _FLOATS,
+    "fp16": _FLOATS,
+    "bf16": _FLOATS,
+    "q": "q picks per-block scales and minima per client, so codes on different grids do not add; "
+    "use fixed:lo=-R,hi=R (a shared range)",
+    "qsgd": "qsgd scales by each client's own bucket norms, so codes do not add (a norm shared by "
+    "all clients is not implemented); use fixed on a shared range",
+    "sign": "sign scales by each client's own mean |g|, so the bits do not add; use fixed",
+    "ternary": "ternary scales by each client's own max |g|, so the trits do not add; use fixed",
+    "topk": "top-k keeps different positions on each client, so the kept values do not line up in "
+    "a masked sum; use randk (positions from a seed shared for the round)",
+    "threshold": "threshold keeps a different set of positions per client, so the kept values "
+    "do not line up in a masked sum; use randk",
+    "svd": _LOWRANK,
+    "powersgd": _LOWRANK,
+    "zstd": "masked vectors are uniformly random and do not compress; drop the entropy stage",
+}
+
+
+def secagg_compatible(spec: str) -> tuple[bool, str]:
+    """Whether codes of codec ``spec`` can be summed under secure aggregation, and why (not).
+
+    Compatible: ``[ef+][randk:...+]fixed:bits=n,lo=a,hi=b[,rounding=...]`` (randk with positions
+    shared per round). Everything else is refused with the reason.
+
+    >>> secagg_compatible("fixed:bits=8,lo=-0.1,hi=0.1,rounding=stochastic")[0]
+    True
+    >>> secagg_compatible("ef+randk:ratio=0.1+fixed:bits=4,rounding=stochastic")[0]
+    True
+    >>> ok, why = secagg_compatible("topk:ratio=0.01+q:bits=8")
+    >>> ok, why[:52]
+    (False, 'topk: top-k keeps different positions on each client')
+    """
+    try:
+        stages = parse_spec(spec)
+    except SpecError as e:
+        return False, str(e)
+    names = [s.name for s in stages]
+    body = names[1:] if names[0] == "ef" else names
+    for name in body:
+        if name in _REFUSE:
+            return False, f"{name}: {_REFUSE[name]}"
+        if name not in ("randk", "fixed"):
+            return False, f"{name}: no shared-range integer form; use fixed on a shared range"
+    if body not in (["fixed"], ["randk", "fixed"]):
+        if body == ["randk"]:
+            return False, "randk alone sends floats; follow it with fixed:lo=-R,hi=R"
+        return False, "expected [ef+][randk:...+]fixed:... (one fixed stage, last)"
+    fx = stages[-1]
+    note = (
+        ""
+        if fx.rounding == "stochastic"
+        else (
+            f"; rounding={fx.rounding} is biased and the bias adds up over clients: "
+            "prefer stochastic"
+        )
+    )
+    pos = ", positions shared per round (randk)" if "randk" in body else ""
+    return True, f"{fx.bits}-bit codes on the shared range [{fx.lo:g}, {fx.hi:g}]{pos}{note}"
+
+
+def _flat(v) -> np.ndarray:
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+    return np.asarray(v, np.float64).ravel()
+
+
+def _shape(v) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, tuple | list) else tuple(v.shape)
+
+
+class SharedRangeCodec:
+    """Maps a float update dict to shared-range integer codes and a sum of codes back to floats.
+
+    ``spec`` must pass :func:`secagg_compatible`. Per round, every client uses the same
+    ``round_seed`` (randk positions) and its own ``client_seed`` (stochastic rounding: independent
+    rounding noise per client, so the errors average out in the mean). With ``ef`` the state
+    returned by :meth:`encode` carries the client's residual to its next round.
+
+    >>> c = SharedRangeCodec("randk:ratio=0.5+fixed:bits=4,lo=-1,hi=1,rounding=stochastic")
+    >>> c.vector_len({"a": (10,), "b": (3, 2)}), c.bits
+    (8, 4)
+    """
+
+    def __init__(self, spec: str):
+        ok, why = secagg_compatible(spec)
+        if not ok:
+            raise ValueError(f"codec spec {spec!r} cannot be used with secure aggregation: {why}")
+        stages = parse_spec(spec)
+        self.spec = spec
+        self.ef = stages[0].name == "ef"
+        rk = next((s for s in stages if s.name == "randk"), None)
+        self.ratio = rk.ratio if rk is not None else None
+        self.rescale = bool(rk is not None and rk.__dict__["unbiased"])
+        fx = stages[-1]
+        self.bits, self.lo, self.hi, self.rounding = (
+            fx.bits,
+            float(fx.lo),
+            float(fx.hi),
+            fx.rounding,
+        )
+        self.scale = (self.hi - self.lo) / float(1 << self.bits)
+
+    def error_bound(self) -> float:
+        """Per-coordinate bound on |decoded − value| for a value inside [lo, hi] (before any randk
+        rescaling); it also bounds the error of the decoded mean, an average of such errors."""
+        return self.scale / 2 if self.rounding == "nearest" else self.scale
+
+    def _positions(self, n: int, t: int, round_seed: int) -> np.ndarray | None:
+        if self.ratio is None:
+            return None
+        k = keep_count(n, self.ratio)
+        if k >= n:
+            return None
+        rng = np.random.default_rng([int(round_seed) & 0xFFFFFFFFFFFFFFFF, t, 0x7E5A])
+        return np.sort(rng.choice(n, size=k, replace=False))
+
+    def vector_len(self, template: dict[str, Any]) -> int:
+        """Codes per client for updates shaped like ``template`` (tensors, arrays or shapes)."""
+        total = 0
+        for v in template.values():
+            n = int(np.prod(_shape(v), dtype=np.int64))
+            total += n if self.ratio is None else keep_count(n, self.ratio)
+        return total
+
+    def encode(
+        self,
+        update: dict[str, Any],
+        *,
+        round_seed: int,
+        client_seed: int,
+        state: dict | None = None,
+    ) -> tuple[np.ndarray, dict]:
+        """Client-side: the update's codes (one flat integer array, tensors in dict order) and the
+        codec state for this client's next round (``{"residual": ...}`` with ``ef``)."""
+        residual = (state or {}).get("residual") if self.ef else None
+        parts, new_res = [], {}
+        for t, (name, v) in enumerate(update.items()):
+            x = _flat(v)
+            if residual is not None and name in residual:
+                x = x + residual[name]
+            idx = self._positions(x.size, t, round_seed)
+            kept = x if idx is None else x[idx]
+            u = None
+            if self.rounding == "stochastic":
+                u = np.random.default_rng([int(client_seed) & 0xFFFFFFFFFFFFFFFF, t, 0x5EC]).random(
+                    kept.size
+                )
+            lev, rec = fixed_quantize(kept, self.bits, self.lo, self.hi, self.rounding, u)
+            parts.append(lev)
+            if self.ef:
+                full = np.zeros_like(x)
+                gain = x.size / max(kept.size, 1) if self.rescale else 1.0
+                if idx is None:
+                    full[:] = rec * gain
+                else:
+                    full[idx] = rec * gain
+                new_res[name] = x - full
+        codes = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+        return codes, ({"residual": new_res} if self.ef else {})
+
+    def decode_sum(
+        self, sum_codes: np.ndarray, n_clients: int, template: dict[str, Any], *, round_seed: int
+    ) -> dict:
+        """Server-side: Σ values = Σ codes · scale + n_clients · lo on the kept positions (zero
+        elsewhere; × n/k with ``randk:unbiased=1``), as float32 torch tensors shaped like
+        ``template``."""
+        import torch
+
+        s = np.asarray(sum_codes)
+        if s.shape != (self.vector_len(template),):
+            raise ValueError(
+                f"expected {self.vector_len(template)} summed codes, got shape {s.shape}"
+            )
+        out, pos = {}, 0
+        for t, (name, v) in enumerate(template.items()):
+            shape = _shape(v)
+            n = int(np.prod(shape, dtype=np.int64))
+            idx = self._positions(n, t, round_seed)
+            m = n if idx is None else idx.size
+            vals = s[pos : pos + m].astype(np.float64) * self.scale + n_clients * self.lo
+            pos += m
+            if self.rescale and m:
+                vals *= n / m
+            full = vals if idx is None else np.zeros(n, np.float64)
+            if idx is not None:
+                full[idx] = vals
+            out[name] = torch.from_numpy(full.reshape(shape).astype(np.float32))
+        return out
+
+    def decode_mean(
+        self, sum_codes: np.ndarray, n_clients: int, template: dict[str, Any], *, round_seed: int
+    ) -> dict:
+        """:meth:`decode_sum` divided by ``n_clients`` (an unweighted mean: secure aggregation
+        sums; a weighted mean needs clients to pre-scale their updates within the range)."""
+        if n_clients < 1:
+            raise ValueError("n_clients must be >= 1")
+        return {
+            k: v / n_clients
+            for k, v in self.decode_sum(
+                sum_codes, n_clients, template, round_seed=round_seed
+            ).items()
+        }
