@@ -22,6 +22,16 @@ app = typer.Typer(
 )
 
 
+def _console(quiet: bool = False):
+    from rich.console import Console
+
+    c = Console(stderr=True, quiet=quiet)
+    # Results tables are wide; in a pipe or CI log, don't squeeze them into 80 columns.
+    if not c.is_terminal:
+        c = Console(stderr=True, quiet=quiet, width=200)
+    return c
+
+
 def _fail(msg: str) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(2)
@@ -85,6 +95,17 @@ PruneScope = Annotated[str | None, Opt("--prune-scope", help="global | layer")]
 Target = Annotated[float | None, Opt("--target", help="metric target: report rounds/time/bytes to reach it")]
 DataRoot = Annotated[str | None, Opt("--data-root", help="folder with mnist/fashion-mnist/cifar10 files")]
 Config = Annotated[Path | None, Opt("--config", help="TOML file with any of these options")]
+Policy = Annotated[str | None, Opt("--policy", help="fixed | deadline:seconds=S | budget:bytes=B | accordion")]
+Jitter = Annotated[float | None, Opt("--jitter", help="per-round lognormal sigma of link bandwidths")]
+SecAgg = Annotated[bool | None, Opt("--secagg/--no-secagg", help="secure aggregation (needs a fixed-range codec)")]
+SecAggT = Annotated[int | None, Opt("--secagg-threshold", help="Shamir threshold t (default: majority)")]
+Dropout = Annotated[float | None, Opt("--dropout", help="fraction of clients vanishing after upload")]
+DpClip = Annotated[float | None, Opt("--dp-clip", help="DP: L2 clip C of each update")]
+DpNoise = Annotated[float | None, Opt("--dp-noise", help="DP: noise multiplier z (sigma = z*C)")]
+DpDelta = Annotated[float | None, Opt("--dp-delta", help="DP: delta for the reported epsilon")]
+DpAdaptive = Annotated[bool | None, Opt("--dp-adaptive/--no-dp-adaptive", help="DP: adaptive clipping")]
+TargetEps = Annotated[float | None, Opt("--target-epsilon", help="DP: size the noise to this epsilon")]
+Backend = Annotated[str | None, Opt("--backend", help="local | ray")]
 Quiet = Annotated[bool, Opt("--quiet", "-q", help="no progress bars or tables")]
 Json = Annotated[bool, Opt("--json", help="print the summary as JSON on stdout")]
 
@@ -123,7 +144,10 @@ def run_cmd(
     batch_size: Batch = None, strategy: Strategy = None, server_lr: ServerLr = None,
     prox_mu: ProxMu = None, l1: L1 = None, l2: L2 = None, prune: Prune = None,
     prune_mode: PruneMode = None, prune_scope: PruneScope = None, target: Target = None,
-    data_root: DataRoot = None,
+    data_root: DataRoot = None, policy: Policy = None, jitter: Jitter = None,
+    secagg: SecAgg = None, secagg_threshold: SecAggT = None, dropout: Dropout = None,
+    dp_clip: DpClip = None, dp_noise: DpNoise = None, dp_delta: DpDelta = None,
+    dp_adaptive: DpAdaptive = None, target_epsilon: TargetEps = None, backend: Backend = None,
     checkpoint_every: Annotated[int | None, Opt("--checkpoint-every", help="checkpoint every N rounds")] = None,
     resume: Annotated[Path | None, Opt("--resume", help="resume from this run folder's checkpoint")] = None,
     out: Annotated[Path, Opt("--out", "-o", help="output folder")] = Path("results/run"),
@@ -136,18 +160,23 @@ def run_cmd(
                     local_epochs=local_epochs, lr=lr, batch_size=batch_size, strategy=strategy,
                     server_lr=server_lr, prox_mu=prox_mu, l1=l1, l2=l2, prune=prune,
                     prune_mode=prune_mode, prune_scope=prune_scope, target=target,
-                    data_root=data_root, checkpoint_every=checkpoint_every)
-    from rich.console import Console
+                    data_root=data_root, checkpoint_every=checkpoint_every, policy=policy,
+                    jitter=jitter, secagg=secagg, secagg_threshold=secagg_threshold, dropout=dropout,
+                    dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta, dp_adaptive=dp_adaptive,
+                    target_epsilon=target_epsilon, backend=backend)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedpress.sim.experiment import run_experiment
 
-    console = Console(stderr=True, quiet=quiet)
+    console = _console(quiet)
+    from fedpress.data import get_scenario
+
+    total = cfg.rounds or get_scenario(cfg.scenario).rounds
     try:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
                       disable=quiet) as prog:
-            task = prog.add_task(f"{cfg.scenario} · {cfg.codec}", total=None, info="")
+            task = prog.add_task(f"{cfg.scenario} · {cfg.codec}", total=total, info="")
 
             def on_round(row):
                 prog.update(task, completed=row["round"],
@@ -175,7 +204,10 @@ def compare_cmd(
     batch_size: Batch = None, strategy: Strategy = None, server_lr: ServerLr = None,
     prox_mu: ProxMu = None, l1: L1 = None, l2: L2 = None, prune: Prune = None,
     prune_mode: PruneMode = None, prune_scope: PruneScope = None, target: Target = None,
-    data_root: DataRoot = None,
+    data_root: DataRoot = None, policy: Policy = None, jitter: Jitter = None,
+    secagg: SecAgg = None, secagg_threshold: SecAggT = None, dropout: Dropout = None,
+    dp_clip: DpClip = None, dp_noise: DpNoise = None, dp_delta: DpDelta = None,
+    dp_adaptive: DpAdaptive = None, target_epsilon: TargetEps = None, backend: Backend = None,
     jobs: Annotated[int | None, Opt("--jobs", "-j", help="run codecs in N parallel processes")] = None,
     out: Annotated[Path | None, Opt("--out", "-o", help="output folder")] = None,
     config: Config = None, quiet: Quiet = False, json_out: Json = False,
@@ -186,7 +218,10 @@ def compare_cmd(
                         network=network, deadline=deadline, seed=seed, local_epochs=local_epochs,
                         lr=lr, batch_size=batch_size, strategy=strategy, server_lr=server_lr,
                         prox_mu=prox_mu, l1=l1, l2=l2, prune=prune, prune_mode=prune_mode,
-                        prune_scope=prune_scope, target=target, data_root=data_root)
+                        prune_scope=prune_scope, target=target, data_root=data_root, policy=policy,
+                        jitter=jitter, secagg=secagg, secagg_threshold=secagg_threshold,
+                        dropout=dropout, dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta,
+                        dp_adaptive=dp_adaptive, target_epsilon=target_epsilon, backend=backend)
     from fedpress.codecs import Codec, SpecError
 
     specs = codec or extra.get("codecs") or list(DEFAULT_CODECS)
@@ -203,14 +238,13 @@ def compare_cmd(
         runs, part = compare(cfg, specs, out, jobs=jobs, quiet=quiet)
     except _user_errors() as e:
         _fail(str(e))
-    from rich.console import Console
 
     from fedpress.report.tables import results_table, rich_table
 
     if json_out:
         sys.stdout.write(json.dumps(results_table(runs, target=cfg.target), default=str) + "\n")
     if not quiet:
-        Console(stderr=True).print(rich_table(results_table(runs, target=cfg.target),
+        _console(False).print(rich_table(results_table(runs, target=cfg.target),
                                               title=f"{cfg.scenario}: {len(runs)} codecs → {out}/report.html"))
 
 
@@ -224,7 +258,6 @@ def compare(cfg, specs: list[str], out: Path, *, jobs: int = 1, quiet: bool = Fa
     """Run ``cfg`` once per codec spec (optionally in parallel processes) and write the report."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedpress.report.html import write_report
@@ -233,7 +266,7 @@ def compare(cfg, specs: list[str], out: Path, *, jobs: int = 1, quiet: bool = Fa
     out.mkdir(parents=True, exist_ok=True)
     jobs_list = [(dataclasses.replace(cfg, codec=s), out / "runs" / slug(s)) for s in specs]
     results: dict[str, tuple] = {}
-    console = Console(stderr=True, quiet=quiet)
+    console = _console(quiet)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
                   disable=quiet) as prog:

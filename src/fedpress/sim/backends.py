@@ -28,16 +28,18 @@ def _codec(spec: str) -> Codec:
 @dataclass
 class ClientJob:
     client: int
-    spec: str
+    spec: str | None  # None: return the (clipped) float update; secure aggregation encodes it
     state: dict | None
     train_seed: int
     encode_seed: int
 
 
 def client_update(model: torch.nn.Module, params: dict, data, cfg: TrainConfig, job: ClientJob, *,
-                  float_keys: list[str], masks=None, masks_np=None, loss_fn=None) -> dict[str, Any]:
+                  float_keys: list[str], masks=None, masks_np=None, loss_fn=None,
+                  clip: float | None = None) -> dict[str, Any]:
     """Train one client from ``params`` and encode its delta; never raises (errors are returned, so
-    a crashing client cannot take the round down)."""
+    a crashing client cannot take the round down). With ``clip`` (differential privacy) the delta's
+    L2 norm is clipped *before* compression, so error feedback only ever sees clipped updates."""
     t0 = time.perf_counter()
     try:
         new, loss = local_train(model, params, data, cfg, seed=job.train_seed, loss_fn=loss_fn, masks=masks)
@@ -45,6 +47,12 @@ def client_update(model: torch.nn.Module, params: dict, data, cfg: TrainConfig, 
         return {"client": job.client, "error": repr(exc), "train_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
     update = {k: new[k] - params[k] for k in float_keys}
+    if clip is not None:
+        from fedpress.privacy.dp import clip_update
+
+        update, _ = clip_update(update, clip)
+    if job.spec is None:
+        return {"client": job.client, "update": update, "loss": loss, "train_s": t1 - t0, "encode_s": 0.0}
     e = _codec(job.spec).encode_ex(update, job.state, seed=job.encode_seed, structure="fingerprint",
                                    masks=masks_np, spec_ref=True)
     return {"client": job.client, "blob": e.blob, "state": e.state, "loss": loss,

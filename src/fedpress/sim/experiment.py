@@ -52,6 +52,15 @@ class RunConfig:
     per_client_eval: bool = False
     policy: str | None = None  # fixed | deadline:seconds=S | budget:bytes=B | accordion
     jitter: float = 0.0  # per-round lognormal sigma of link bandwidths
+    secagg: bool = False
+    secagg_threshold: int | None = None
+    dropout: float = 0.0  # fraction of clients that vanish after uploading
+    dp_clip: float | None = None
+    dp_noise: float | None = None
+    dp_delta: float = 1e-5
+    dp_adaptive: bool = False
+    target_epsilon: float | None = None
+    backend: str = "local"  # local | ray
 
     def check(self) -> RunConfig:
         """Validate values that can be checked before loading anything (one clear error each)."""
@@ -73,6 +82,18 @@ class RunConfig:
                 make_policy(self.policy)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.backend not in ("local", "ray"):
+            raise ConfigError(f"backend must be 'local' or 'ray', got {self.backend!r}")
+        if (self.dp_noise is not None or self.target_epsilon is not None) and self.dp_clip is None:
+            raise ConfigError("dp_noise / target_epsilon need dp_clip (the L2 clip C)")
+        if self.secagg:
+            from fedpress.privacy.codes import secagg_compatible
+
+            ok, why = secagg_compatible(self.codec)
+            if not ok:
+                raise ConfigError(f"codec {self.codec!r} cannot be used with --secagg: {why}")
         if self.prune is not None and not 0 <= self.prune < 1:
             raise ConfigError(f"prune (target sparsity) must be in [0, 1), got {self.prune!r}")
         from fedpress.data import SCENARIOS
@@ -176,7 +197,9 @@ def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress
         prune=prune, network=cfg.network or sc.network, deadline=cfg.deadline, metric=sc.metric,
         per_client_eval=cfg.per_client_eval, target=cfg.target, scenario=sc.name,
         checkpoint_every=cfg.checkpoint_every, out_dir=out_dir, progress=progress,
-        policy=cfg.policy, jitter=cfg.jitter,
+        policy=cfg.policy, jitter=cfg.jitter, secagg=cfg.secagg, secagg_threshold=cfg.secagg_threshold,
+        dropout=cfg.dropout, dp_clip=cfg.dp_clip, dp_noise=cfg.dp_noise, dp_delta=cfg.dp_delta,
+        dp_adaptive=cfg.dp_adaptive, target_epsilon=cfg.target_epsilon, backend=cfg.backend,
         extra_summary={"partition": scheme, "alpha": cfg.alpha or sc.alpha, "synthetic": sc.synthetic},
     )
     return sim, part_summary

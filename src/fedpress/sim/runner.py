@@ -138,6 +138,15 @@ class Simulation:
         probe_every: int = 5,
         backend: str = "local",
         backend_options: dict | None = None,
+        dp_clip: float | None = None,
+        dp_noise: float | None = None,
+        dp_delta: float = 1e-5,
+        dp_adaptive: bool = False,
+        target_epsilon: float | None = None,
+        secagg: bool = False,
+        secagg_threshold: int | None = None,
+        secagg_neighbors: int | None = None,
+        dropout: float = 0.0,
     ):
         if not client_datasets:
             raise ValueError("client_datasets is empty")
@@ -193,10 +202,52 @@ class Simulation:
             raise ValueError(f"unknown backend {backend!r} (local or ray)")
         self.backend = backend
         self.backend_options = backend_options or {}
+        self._init_privacy(dp_clip, dp_noise, dp_delta, dp_adaptive, target_epsilon, secagg,
+                           secagg_threshold, secagg_neighbors, dropout)
         self._assigned: dict[int, str] = {}
         self._codecs: dict[str, Codec] = {self.codec.spec: self.codec}
 
     # ------------------------------------------------------------------ helpers
+    def _init_privacy(self, clip, noise, delta, adaptive, target_eps, secagg, threshold, neighbors, dropout):
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = float(dropout)
+        if (noise is not None or target_eps is not None) and clip is None:
+            raise ValueError("differential privacy needs dp_clip (the L2 clip C)")
+        self.dp_clip, self.dp_delta, self.dp_adaptive = clip, float(delta), bool(adaptive)
+        self.sample_rate = self.per_round / len(self.clients)
+        if clip is not None and noise is None:
+            if target_eps is not None:
+                from fedpress.privacy.dp import noise_for_target
+
+                noise = noise_for_target(target_eps, self.dp_delta, self.sample_rate, self.rounds)
+            else:
+                noise = 0.0
+        self.dp_noise = noise
+        self.target_epsilon = target_eps
+        self.secagg = bool(secagg)
+        self.secagg_threshold, self.secagg_neighbors = threshold, neighbors
+        self._sa_codec = None
+        if self.secagg:
+            from fedpress.privacy.codes import SharedRangeCodec
+
+            self._sa_codec = SharedRangeCodec(self.codec.spec)  # refuses incompatible codecs
+            if self.policy is not None:
+                raise ValueError("secure aggregation needs one shared codec: no per-client policy")
+
+    def _privacy_state(self) -> dict:
+        if self.dp_clip is None:
+            return {"dp": None, "accountant": None}
+        from fedpress.privacy.dp import Accountant, DPFactory
+
+        acc = Accountant(self.dp_noise, self.sample_rate, self.dp_delta)
+        if self.secagg:
+            return {"dp": None, "accountant": acc}
+        dp = DPFactory(None, clip=self.dp_clip,
+                       noise_multiplier=self.dp_noise, seed=derive_seed(self.seed, 55) & 0x7FFFFFFF,
+                       expected_clients=self.per_round, adaptive=self.dp_adaptive, accountant=acc)
+        return {"dp": dp, "accountant": acc}
+
     def codec_for(self, client: int, rnd: int) -> Codec:
         """The uplink codec of ``client`` in round ``rnd``: the fixed codec, or the policy's pick."""
         spec = self._assigned.get(client)
@@ -256,6 +307,7 @@ class Simulation:
             "client_version": {}, "bcast": [], "masks": None, "mask_version": -1,
             "client_mask_version": {}, "history": [], "sim_seconds": 0.0, "cum_up": 0, "cum_down": 0,
             "estimator": LinkEstimator(), "ladder_bytes": {}, "last_delta": None,
+            **self._privacy_state(), "secagg_overhead": 0,
             "timing": {"train_s": 0.0, "encode_s": 0.0, "decode_aggregate_s": 0.0, "eval_s": 0.0, "total_s": 0.0},
         }
 
@@ -384,11 +436,27 @@ class Simulation:
         results = []  # (client, blob, weight, down, up, compute_s, train_loss, spec)
         failed = 0
         Bsnap = {k: v.clone() for k, v in B.items()}
-        jobs = [ClientJob(client=c, spec=self.codec_for(c, t).spec, state=st["client_states"].get(c),
-                          train_seed=derive_seed(self.seed, t, c, 2), encode_seed=derive_seed(self.seed, t, c, 3))
+        sa = setup = None
+        R = derive_seed(self.seed, t, 33)
+        template = {k: tuple(G[k].shape) for k in float_keys}
+        if self.secagg and len(online) >= 2:
+            from fedpress.privacy.secagg import SecAggRound
+
+            n_on = len(online)
+            holders = n_on if self.secagg_neighbors is None else min(n_on, self.secagg_neighbors + 1)
+            thr = self.secagg_threshold or (holders // 2 + 1)
+            sa = SecAggRound(online, threshold=min(thr, holders), bits=self._sa_codec.bits,
+                             vector_len=self._sa_codec.vector_len(template),
+                             seed=derive_seed(self.seed, t, 31), neighbors=self.secagg_neighbors)
+            setup = sa.setup_bytes()
+        elif self.secagg:
+            online = []  # one client alone would expose its update: nobody trains this round
+        jobs = [ClientJob(client=c, spec=None if self.secagg else self.codec_for(c, t).spec,
+                          state=st["client_states"].get(c), train_seed=derive_seed(self.seed, t, c, 2),
+                          encode_seed=derive_seed(self.seed, t, c, 3))
                 for c in online]
         outs = self._backend.map(Bsnap, jobs, self.train_cfg, float_keys=float_keys, masks=masks,
-                                 masks_np=masks_np, loss_fn=self.loss_fn)
+                                 masks_np=masks_np, loss_fn=self.loss_fn, clip=self.dp_clip)
         for job, out in zip(jobs, outs, strict=True):
             c = job.client
             tm["train_s"] += out["train_s"]
@@ -397,10 +465,20 @@ class Simulation:
                               stacklevel=2)
                 failed += 1
                 continue
-            tm["encode_s"] += out["encode_s"]
-            st["client_states"][c] = out["state"]
             n = int(self.clients[c][0].shape[0])
             comp = netmod.compute_seconds(n, self.train_cfg.epochs, self.links[c])
+            if sa is not None:
+                t0 = time.perf_counter()
+                codes, st["client_states"][c] = self._sa_codec.encode(
+                    out["update"], round_seed=R, client_seed=job.encode_seed, state=st["client_states"].get(c))
+                payload = sa.mask(c, codes)
+                tm["encode_s"] += time.perf_counter() - t0
+                su, sd = setup[c]
+                results.append((c, payload, float(n), downs[c] + sd, len(payload) + su, comp, out["loss"],
+                                self.codec.spec))
+                continue
+            tm["encode_s"] += out["encode_s"]
+            st["client_states"][c] = out["state"]
             blob = out["blob"]
             results.append((c, blob, float(n), downs[c], len(blob), comp, out["loss"], job.spec))
 
@@ -410,6 +488,12 @@ class Simulation:
                  for (c, _b, _w, d, u, cs, _l, _s) in results]
         timing = netmod.round_clock(parts, self.deadline)
         kept = set(timing.kept)
+        # Clients that vanish after uploading (``dropout``): their bytes were sent, never used.
+        vanished: set[int] = set()
+        if self.dropout and kept:
+            drng = np.random.default_rng([self.seed, t, 41])
+            vanished = {c for c in sorted(kept) if drng.random() < self.dropout}
+            kept -= vanished
         # The server observes the transfers it took part in (not the links themselves).
         est = st["estimator"]
         for c, _b, w, d, u, cs, *_ in results:
@@ -420,13 +504,20 @@ class Simulation:
 
         # -- streaming aggregation of the kept blobs
         t0 = time.perf_counter()
-        structure = Structure.of({k: G[k] for k in float_keys})
-        specs = sorted({r[7] for r in results})
-        proc = DecodingFactory(MeanFactory(), structures=[structure], masks=masks_np, specs=specs).create()
-        for c, blob, w, *_ in results:
-            if c in kept:
-                proc.accept(blob, weight=w, client=c)
-        mean, meas = proc.result()
+        extra_up = extra_down = 0
+        priv: dict[str, Any] = {}
+        if sa is not None:
+            mean, priv, (extra_up, extra_down) = self._secagg_aggregate(st, sa, results, kept, online, template, R, t)
+        else:
+            structure = Structure.of({k: G[k] for k in float_keys})
+            specs = sorted({r[7] for r in results})
+            inner = st["dp"] if st["dp"] is not None else MeanFactory()
+            proc = DecodingFactory(inner, structures=[structure], masks=masks_np, specs=specs).create()
+            for c, blob, w, *_ in results:
+                if c in kept:
+                    proc.accept(blob, weight=w, client=c)
+            mean, meas = proc.result()
+            priv = {k: v for k, v in meas.items() if k.startswith("dp_")}
         update_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in mean.values()))) if mean else None
         st["last_delta"] = mean if mean is not None else st["last_delta"]
         if mean is not None:
@@ -453,8 +544,8 @@ class Simulation:
             row_extra = {"client_metric_mean": float(np.nanmean(vals)), "client_metric_min": float(np.nanmin(vals)),
                          "client_metric_p10": float(np.nanpercentile(vals, 10))}
         tm["eval_s"] += time.perf_counter() - t0
-        up = sum(r[4] for r in results)
-        downb = sum(r[3] for r in results)
+        up = sum(r[4] for r in results) + extra_up
+        downb = sum(r[3] for r in results) + extra_down
         st["cum_up"] += up
         st["cum_down"] += downb
         st["sim_seconds"] += timing.seconds
@@ -465,16 +556,51 @@ class Simulation:
             "sim_seconds": st["sim_seconds"], "round_seconds": timing.seconds,
             "clients_sampled": len(sampled), "clients_online": len(online),
             "clients_kept": len(kept), "clients_dropped": len(timing.dropped), "clients_failed": failed,
+            "clients_vanished": len(vanished),
             "train_loss": float(np.mean([r[6] for r in results])) if results else None,
             "client_codecs": {str(r[0]): r[7] for r in results} if len({r[7] for r in results}) > 1 else None,
             "client_uplink_bytes": {str(r[0]): r[4] for r in results},
             **row_extra,
+            **priv,
         }
         if masks is not None or self.train_cfg.l1 > 0:
             row["sparsity"] = sparsity_of(G)
         if row["client_codecs"] is None:
             del row["client_codecs"]
         return row
+
+    def _secagg_aggregate(self, st, sa, results, kept, online, template, R, t):
+        """Secure sum of the kept clients' masked codes; the server only ever sees the sum."""
+        from fedpress.privacy.masking import SecAggError
+
+        received = {c: blob for c, blob, *_ in results if c in kept}
+        dropped = set(online) - set(received)
+        priv: dict[str, Any] = {}
+        try:
+            total, meas = sa.unmask_sum(received, dropped)
+        except SecAggError as e:
+            warnings.warn(f"round {t + 1}: secure aggregation failed ({e}); round skipped", stacklevel=2)
+            return None, {"secagg_failed": True}, (0, 0)
+        # Setup bytes and the masked payloads are already in each client's counts; add the unmasking
+        # phase (survivors' shares up, the server's requests down).
+        extra = (int(meas["secagg_unmask_uplink_bytes"]), int(meas["secagg_unmask_downlink_bytes"]))
+        over = int(meas.get("secagg_overhead_bytes", 0))
+        st["secagg_overhead"] += over
+        priv["secagg_overhead_bytes"] = over
+        if self.dp_clip is not None:
+            from fedpress.privacy.dp import dp_mean_from_sum, secagg_sensitivity
+
+            s = self._sa_codec.decode_sum(total, len(received), template, round_seed=R)
+            sens = secagg_sensitivity(self.dp_clip, self._sa_codec.error_bound(), self._sa_codec.vector_len(template))
+            mean, dpm = dp_mean_from_sum(s, sensitivity=sens, noise_multiplier=self.dp_noise,
+                                         denominator=self.per_round, seed=derive_seed(self.seed, 57) & 0x7FFFFFFF,
+                                         round=t + 1)
+            st["accountant"].step()
+            priv.update(dpm)
+            priv["dp_epsilon"] = st["accountant"].epsilon()
+        else:
+            mean = self._sa_codec.decode_mean(total, len(received), template, round_seed=R)
+        return mean, priv, extra
 
     def _finish(self, st: dict, wall: float) -> SimResult:
         hist = st["history"]
@@ -490,9 +616,15 @@ class Simulation:
             "seed": self.seed, "clients": len(self.clients), "per_round": self.per_round,
             "strategy": self.strategy.name, "network": self.network_name, "deadline": self.deadline,
             "policy": getattr(self.policy, "name", "fixed"),
+            "secagg": self.secagg, "dropout": self.dropout,
             "timing": {k: round(v, 4) for k, v in st["timing"].items()},
             **self.extra_summary,
         }
+        if st.get("accountant") is not None:
+            summary.update(epsilon=st["accountant"].epsilon(), delta=self.dp_delta, dp_clip=self.dp_clip,
+                           dp_noise_multiplier=self.dp_noise, target_epsilon=self.target_epsilon)
+        if self.secagg:
+            summary["secagg_overhead_bytes"] = st["secagg_overhead"]
         if self.target is not None:
             hit = next((h for h in hist if h["metric"] >= self.target), None)
             summary["target"] = self.target
