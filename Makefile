@@ -10,13 +10,13 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,flower,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/fedpress compare --scenario digits --out results/digits
+	$(BIN)/fedpress compare --scenario digits --jobs 2 --out results/digits
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
