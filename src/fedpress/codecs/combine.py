@@ -162,8 +162,18 @@ class Codec:
         for ti, (ts, v) in enumerate(zip(st.tensors, values, strict=True)):
             a = to_numpy(v)
             if not ts.is_float or self.raw:
-                fields.append(np.ascontiguousarray(a, _native(ts)).tobytes())
-                recon.append(from_numpy(a, ts))
+                m = masks.get(ts.name) if masks and ts.is_float else None
+                if m is None:
+                    fields.append(np.ascontiguousarray(a, _native(ts)).tobytes())
+                    recon.append(from_numpy(a, ts))
+                else:
+                    # Pruned coordinates cost no bytes in every pipeline, the raw baseline included
+                    # (they used to travel in full under "none" although the blob declared masks).
+                    flat = np.ascontiguousarray(a, _native(ts)).ravel()
+                    fields.append(flat[m].tobytes())
+                    kept = np.zeros_like(flat)
+                    kept[m] = flat[m]
+                    recon.append(from_numpy(kept.reshape(a.shape), ts))
                 continue
             x = a.astype(np.float32, copy=False)
             if not np.isfinite(x.sum(dtype=np.float64)):
@@ -283,12 +293,20 @@ def _decode_tensors(p, c: Codec, mk: dict, lim: Limits):
                 raise WireError(f"missing data for tensor {ts.name!r}")
             f = p.fields[pos[0]]
             pos[0] += 1
-            if len(f) != ts.numel * dt.itemsize:
-                raise WireError(f"tensor {ts.name!r}: expected {ts.numel * dt.itemsize} bytes, got {len(f)}")
-            a = np.frombuffer(f, dt).reshape(ts.shape)
+            m = mk.get(ts.name) if ts.is_float else None
+            count = ts.numel if m is None else int(m.sum())
+            if len(f) != count * dt.itemsize:
+                raise WireError(f"tensor {ts.name!r}: expected {count * dt.itemsize} bytes, got {len(f)}")
+            a = np.frombuffer(f, dt)
             if ts.dtype == "bool" and a.size and a.view(np.uint8).max() > 1:
                 raise WireError(f"tensor {ts.name!r}: invalid bool bytes")
-            out.append(from_numpy(a.copy(), ts))
+            if m is None:
+                a = a.copy()
+            else:
+                full = np.zeros(ts.numel, dt)
+                full[m] = a
+                a = full
+            out.append(from_numpy(a.reshape(ts.shape), ts))
             continue
         ctx = Ctx(seed=p.seed, tensor_index=ti, name=ts.name, fields=p.fields, pos=pos,
                   entropy_follows=c.zstd_level is not None, limits=lim)

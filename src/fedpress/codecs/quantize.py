@@ -71,9 +71,11 @@ def fixed_dequantize(levels, bits: int, lo: float, hi: float) -> np.ndarray:
 class Fixed(Stage):
     """Fixed-point quantisation on an agreed range [lo, hi] (no per-tensor scales travel).
 
-    Error bound (floor): 0 ≤ g − g' < (hi−lo)/2ⁿ inside the range, and g = hi gives
-    g' = hi − (hi−lo)/2ⁿ; nearest halves that. Values outside [lo, hi] are clamped. ``rounding=stochastic``
-    is unbiased for values inside the range (a shared range is what secure aggregation needs).
+    Error bound, with step = (hi−lo)/2ⁿ and values outside [lo, hi] clamped first: floor gives
+    0 ≤ g − g' < step, and g = hi gives g' = hi − step; nearest gives |g − g'| ≤ step/2, except in
+    the top step (g > hi − step) where level 2ⁿ is stored as 2ⁿ−1 and the error is ≤ step;
+    stochastic gives |g − g'| < step and is unbiased for g in [lo, hi − step] (above that it can
+    only round down). A shared range is what secure aggregation needs.
     """
 
     name = "fixed"
@@ -114,14 +116,17 @@ def _q_encode(x2: np.ndarray, bits: int, mode: str, u):
         lo = x2.min(axis=1)
         scale = (x2.max(axis=1) - lo) / np.float32((1 << bits) - 1)
     else:  # absmax: symmetric grid, zero exactly representable
-        half = (1 << (bits - 1)) - 1
-        lo = -x2.__abs__().max(axis=1)
-        scale = -lo / np.float32(half)
-        lo = lo.astype(np.float32)
+        half = np.float32((1 << (bits - 1)) - 1)
+        scale = (x2.__abs__().max(axis=1) / half).astype(np.float32)
+        # Only the scale travels: use the decoder's own lo (-scale·half, which can differ from
+        # -absmax in the last bit) so the reconstruction is exactly what decode returns and the
+        # middle code decodes to exactly 0.
+        lo = -scale * half
     scale = scale.astype(np.float32)
     lo = lo.astype(np.float32)
-    inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
-    v = (x2 - lo[:, None]) * inv[:, None]
+    # Divide rather than multiply by 1/scale: for tiny (subnormal) scales 1/scale overflows to inf
+    # in float32 and the codes became garbage. A zero scale means a constant block (all codes 0).
+    v = (x2 - lo[:, None]) / np.where(scale > 0, scale, np.float32(1))[:, None]
     v = np.floor(v + u.reshape(v.shape)) if u is not None else np.rint(v)
     top = (1 << bits) - 1 if mode == "minmax" else 2 * ((1 << (bits - 1)) - 1)
     codes = np.clip(v, 0, top).astype(np.uint8)
@@ -139,7 +144,8 @@ class Q(Stage):
 
     ``target=e`` chooses, per tensor, the fewest bits (≤ ``bits``) whose relative L2 error is ≤ e.
 
-    Error bound: |g − g'| ≤ scale/2 per block (scale = (max−min)/(2ⁿ−1)), < scale when stochastic.
+    Error bound: |g − g'| ≤ scale/2 per block, < scale when stochastic; scale = (max−min)/(2ⁿ−1)
+    (minmax) or max|g|/(2ⁿ⁻¹−1) (absmax).
 
     >>> import fedpress, numpy as np
     >>> x = np.random.default_rng(0).normal(size=4096).astype(np.float32)
@@ -264,8 +270,9 @@ class QSGD(Stage):
             tail = x.ravel()[(nb - 1) * bsz :]
             norm[-1] = np.float32(np.sqrt(np.dot(tail.astype(np.float64), tail)))
         s = np.float32(self.levels)
-        inv = np.divide(s, norm, out=np.zeros_like(norm), where=norm > 0)
-        mag = np.abs(x2) * inv[:, None]
+        # |g|/‖g‖ ≤ 1, then ·s: never s/‖g‖, which overflows to inf for tiny norms (and 0·inf = NaN
+        # gave zeros a negative code).
+        mag = np.abs(x2) / np.where(norm > 0, norm, np.float32(1))[:, None] * s
         u = ctx.rng().random(x2.shape, dtype=np.float32)
         lev = np.minimum(np.floor(mag + u), s)
         codes = (np.where(x2 < 0, -lev, lev) + s).astype(np.uint8)
@@ -364,8 +371,8 @@ class Ternary(Stage):
             ctx.write(b"")
             return x.copy()
         s = np.abs(x2).max(axis=1).astype(np.float32)
-        inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
-        p = (np.abs(x2) * inv[:, None]).ravel()[:n]
+        # |g|/s ≤ 1 by division (1/s overflows to inf for tiny s, which kept every value)
+        p = (np.abs(x2) / np.where(s > 0, s, np.float32(1))[:, None]).ravel()[:n]
         keep = ctx.rng().random(n, dtype=np.float32) < p
         trits = np.where(keep, np.where(flat > 0, 1, 2), 0).astype(np.uint8)
         ctx.write(f32_bytes(s))

@@ -18,6 +18,7 @@ and every failure is a :class:`~fedpress.wire.WireError`.
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 import zlib
 from collections.abc import Iterable, Mapping
@@ -228,7 +229,7 @@ class Structure:
             if ndim > limits.max_ndim:
                 raise WireError(f"ndim {ndim} exceeds the limit {limits.max_ndim}")
             shape = tuple(r.varint("dimension", limits.max_elements) for _ in range(ndim))
-            numel = int(np.prod(shape, dtype=object)) if shape else 1
+            numel = math.prod(shape)  # exact Python ints (no overflow), and far cheaper than np.prod
             total += numel
             if total > limits.max_elements:
                 raise WireError(f"structure holds more than max_elements={limits.max_elements}")
@@ -315,17 +316,19 @@ def write_blob(
     put_varint(table, len(fields))
     for f in fields:
         put_varint(table, len(f))
-    body = bytes(table) + b"".join(fields)
+    parts = [bytes(table), *fields]
     table_in_header = len(table)
     if zstd_level is not None:
         import zstandard
 
+        body = b"".join(parts)
         packed = zstandard.ZstdCompressor(level=zstd_level, write_content_size=True).compress(body)
         # zstd is a stage the user asked for, but never let it grow the blob.
         if len(packed) < len(body):
             body = packed
             flags |= FLAG_ZSTD
             table_in_header = 0
+        parts = [body]
     head = bytearray(MAGIC)
     head.append(WIRE_VERSION)
     head.append(flags)
@@ -339,9 +342,14 @@ def write_blob(
     head += structure.fingerprint() if by_fingerprint else structure.to_bytes()
     if mask_digest is not None:
         head += mask_digest
-    blob = bytes(head) + body
-    blob += struct.pack("<I", zlib.crc32(blob))
-    return blob, len(head) + table_in_header + 4
+    # One checksum pass over the parts and one copy into the blob: the payload can be hundreds of
+    # MB, and concatenating head + body and then body + crc copied it twice more.
+    parts.insert(0, bytes(head))
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    parts.append(struct.pack("<I", crc))
+    return b"".join(parts), len(head) + table_in_header + 4
 
 
 def _registry(structures) -> dict[bytes, Structure]:
@@ -422,7 +430,8 @@ def read_blob(
         if size in (0, zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR) or size > limits.max_body_bytes:
             raise WireError(f"zstd body declares an unacceptable size {size}")
         try:
-            raw = zstandard.ZstdDecompressor().decompress(body, max_output_size=size)
+            # allow_extra_data=False: bytes after the frame would make a malformed blob decode.
+            raw = zstandard.ZstdDecompressor().decompress(body, max_output_size=size, allow_extra_data=False)
         except zstandard.ZstdError as e:
             raise WireError(f"bad zstd body: {e}") from e
         if len(raw) != size:
