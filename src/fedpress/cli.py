@@ -106,6 +106,7 @@ DpDelta = Annotated[float | None, Opt("--dp-delta", help="DP: delta for the repo
 DpAdaptive = Annotated[bool | None, Opt("--dp-adaptive/--no-dp-adaptive", help="DP: adaptive clipping")]
 TargetEps = Annotated[float | None, Opt("--target-epsilon", help="DP: size the noise to this epsilon")]
 Backend = Annotated[str | None, Opt("--backend", help="local | ray")]
+Aggregate = Annotated[str | None, Opt("--aggregate", help="mean | sparse_mean (per-coordinate over senders)")]
 Quiet = Annotated[bool, Opt("--quiet", "-q", help="no progress bars or tables")]
 Json = Annotated[bool, Opt("--json", help="print the summary as JSON on stdout")]
 
@@ -148,6 +149,7 @@ def run_cmd(
     secagg: SecAgg = None, secagg_threshold: SecAggT = None, dropout: Dropout = None,
     dp_clip: DpClip = None, dp_noise: DpNoise = None, dp_delta: DpDelta = None,
     dp_adaptive: DpAdaptive = None, target_epsilon: TargetEps = None, backend: Backend = None,
+    aggregate: Aggregate = None,
     checkpoint_every: Annotated[int | None, Opt("--checkpoint-every", help="checkpoint every N rounds")] = None,
     resume: Annotated[Path | None, Opt("--resume", help="resume from this run folder's checkpoint")] = None,
     out: Annotated[Path, Opt("--out", "-o", help="output folder")] = Path("results/run"),
@@ -163,7 +165,7 @@ def run_cmd(
                     data_root=data_root, checkpoint_every=checkpoint_every, policy=policy,
                     jitter=jitter, secagg=secagg, secagg_threshold=secagg_threshold, dropout=dropout,
                     dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta, dp_adaptive=dp_adaptive,
-                    target_epsilon=target_epsilon, backend=backend)
+                    target_epsilon=target_epsilon, backend=backend, aggregate=aggregate)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedpress.sim.experiment import run_experiment
@@ -208,6 +210,7 @@ def compare_cmd(
     secagg: SecAgg = None, secagg_threshold: SecAggT = None, dropout: Dropout = None,
     dp_clip: DpClip = None, dp_noise: DpNoise = None, dp_delta: DpDelta = None,
     dp_adaptive: DpAdaptive = None, target_epsilon: TargetEps = None, backend: Backend = None,
+    aggregate: Aggregate = None,
     jobs: Annotated[int | None, Opt("--jobs", "-j", help="run codecs in N parallel processes")] = None,
     out: Annotated[Path | None, Opt("--out", "-o", help="output folder")] = None,
     config: Config = None, quiet: Quiet = False, json_out: Json = False,
@@ -221,7 +224,8 @@ def compare_cmd(
                         prune_scope=prune_scope, target=target, data_root=data_root, policy=policy,
                         jitter=jitter, secagg=secagg, secagg_threshold=secagg_threshold,
                         dropout=dropout, dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta,
-                        dp_adaptive=dp_adaptive, target_epsilon=target_epsilon, backend=backend)
+                        dp_adaptive=dp_adaptive, target_epsilon=target_epsilon, backend=backend,
+                        aggregate=aggregate)
     from fedpress.codecs import Codec, SpecError
 
     specs = codec or extra.get("codecs") or list(DEFAULT_CODECS)

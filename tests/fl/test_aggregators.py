@@ -47,3 +47,18 @@ def test_decoding_factory_rejects_garbage_with_wire_error():
     p = DecodingFactory(MeanFactory()).create()
     with pytest.raises(fedpress.WireError):
         p.accept(b"not a blob at all")
+
+
+def test_sparse_mean_averages_each_coordinate_over_its_senders():
+    from fedpress.fl.aggregators import SparseMeanFactory
+
+    p = SparseMeanFactory().create()
+    p.accept({"w": torch.tensor([2.0, 0.0, 0.0, 1.0])}, weight=1.0)
+    p.accept({"w": torch.tensor([4.0, 6.0, 0.0, 0.0])}, weight=3.0)
+    out, meas = p.result()
+    assert out["w"].tolist() == [3.5, 6.0, 0.0, 1.0]
+    assert meas["clients_aggregated"] == 2
+    plain = MeanFactory().create()
+    plain.accept({"w": torch.tensor([2.0, 0.0, 0.0, 1.0])}, weight=1.0)
+    plain.accept({"w": torch.tensor([4.0, 6.0, 0.0, 0.0])}, weight=3.0)
+    assert plain.result()[0]["w"].tolist() == [3.5, 4.5, 0.0, 0.25]

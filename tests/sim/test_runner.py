@@ -146,3 +146,17 @@ def test_bad_arguments():
         Simulation(_model, clients, test, codec="topk:ratio=2")
     with pytest.raises(ValueError, match="empty"):
         Simulation(_model, [], test)
+
+
+def test_sparse_mean_keeps_the_step_size_of_sparse_updates():
+    kw = {"rounds": 1, "codec": "topk:ratio=0.05", "per_round": 8}
+    plain = _sim(**kw).run().params
+    sparse = _sim(aggregate="sparse_mean", **kw).run().params
+    init = (torch.manual_seed(0), _model())[1].state_dict()
+
+    def moved(p):
+        return sum(float((p[k] - init[k]).abs().sum()) for k in p)
+
+    assert moved(sparse) > 2 * moved(plain)
+    with pytest.raises(ValueError, match="sparse_mean"):
+        _sim(aggregate="sparse_mean", dp_clip=1.0)

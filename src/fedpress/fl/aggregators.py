@@ -67,6 +67,53 @@ class _MeanProcess:
         return {k: (s / self.total).to(torch.float32) for k, s in self.sums.items()}, meas
 
 
+class SparseMeanFactory:
+    """Coordinate-wise weighted mean over the clients that *sent* each coordinate.
+
+    With sparsified uplinks (top-k, threshold) a plain mean divides each coordinate by the weight of
+    every client, although only a few sent it, shrinking the step by roughly the inverse of the
+    keep ratio; error feedback eventually delivers the rest, but slowly. Averaging each coordinate
+    over its contributors keeps the step size of dense FedAvg. A coordinate counts as sent when
+    its decoded value is non-zero (a kept value that quantises to exactly 0 is rare and then simply
+    not averaged in). Biased for unbiased sparsifiers (use ``MeanFactory`` with ``randk:unbiased=1``)
+    and not a DP mechanism: its sensitivity is not bounded by the clip.
+
+    >>> import torch
+    >>> p = SparseMeanFactory().create()
+    >>> p.accept({"w": torch.tensor([1.0, 0.0, 4.0])}, weight=1.0)
+    >>> p.accept({"w": torch.tensor([3.0, 0.0, 0.0])}, weight=1.0)
+    >>> p.result()[0]["w"].tolist()
+    [2.0, 0.0, 4.0]
+    """
+
+    def create(self) -> _SparseMeanProcess:
+        return _SparseMeanProcess()
+
+
+class _SparseMeanProcess(_MeanProcess):
+    def accept(self, value, weight: float = 1.0, client: int | None = None) -> None:
+        if weight <= 0:
+            return
+        if self.sums is None:
+            self.sums = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in value.items()}
+            self.weights = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in value.items()}
+        elif value.keys() != self.sums.keys():
+            raise ValueError("update keys differ from the first update of the round")
+        for k, v in value.items():
+            v = v.detach().to(torch.float64)
+            self.sums[k].add_(v, alpha=weight)
+            self.weights[k].add_((v != 0).to(torch.float64), alpha=weight)
+        self.total += weight
+        self.count += 1
+
+    def result(self):
+        meas = {"clients_aggregated": self.count, "weight_total": self.total}
+        if self.sums is None:
+            return None, meas
+        out = {k: (s / self.weights[k].clamp(min=1e-300)).to(torch.float32) for k, s in self.sums.items()}
+        return out, meas
+
+
 class SumFactory:
     """Unweighted sum (what secure aggregation computes); the mean is left to the caller."""
 

@@ -61,6 +61,7 @@ class RunConfig:
     dp_adaptive: bool = False
     target_epsilon: float | None = None
     backend: str = "local"  # local | ray
+    aggregate: str = "mean"  # mean | sparse_mean (coordinate-wise over contributors)
 
     def check(self) -> RunConfig:
         """Validate values that can be checked before loading anything (one clear error each)."""
@@ -84,6 +85,8 @@ class RunConfig:
                 raise ConfigError(str(e)) from None
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.aggregate not in ("mean", "sparse_mean"):
+            raise ConfigError(f"aggregate must be 'mean' or 'sparse_mean', got {self.aggregate!r}")
         if self.backend not in ("local", "ray"):
             raise ConfigError(f"backend must be 'local' or 'ray', got {self.backend!r}")
         if (self.dp_noise is not None or self.target_epsilon is not None) and self.dp_clip is None:
@@ -200,6 +203,7 @@ def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress
         policy=cfg.policy, jitter=cfg.jitter, secagg=cfg.secagg, secagg_threshold=cfg.secagg_threshold,
         dropout=cfg.dropout, dp_clip=cfg.dp_clip, dp_noise=cfg.dp_noise, dp_delta=cfg.dp_delta,
         dp_adaptive=cfg.dp_adaptive, target_epsilon=cfg.target_epsilon, backend=cfg.backend,
+        aggregate=cfg.aggregate,
         extra_summary={"partition": scheme, "alpha": cfg.alpha or sc.alpha, "synthetic": sc.synthetic},
     )
     return sim, part_summary

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from fedpress.codecs import Codec, compress
-from fedpress.fl.aggregators import DecodingFactory, MeanFactory
+from fedpress.fl.aggregators import DecodingFactory, MeanFactory, SparseMeanFactory
 from fedpress.fl.client import TrainConfig, evaluate_loss, predict_proba
 from fedpress.fl.pruning import PruneSchedule, magnitude_masks, sparsity_of
 from fedpress.fl.strategies import make_strategy
@@ -147,6 +147,7 @@ class Simulation:
         secagg_threshold: int | None = None,
         secagg_neighbors: int | None = None,
         dropout: float = 0.0,
+        aggregate: str = "mean",
     ):
         if not client_datasets:
             raise ValueError("client_datasets is empty")
@@ -202,6 +203,9 @@ class Simulation:
             raise ValueError(f"unknown backend {backend!r} (local or ray)")
         self.backend = backend
         self.backend_options = backend_options or {}
+        if aggregate not in ("mean", "sparse_mean"):
+            raise ValueError(f"aggregate must be 'mean' or 'sparse_mean', got {aggregate!r}")
+        self.aggregate = aggregate
         self._init_privacy(dp_clip, dp_noise, dp_delta, dp_adaptive, target_epsilon, secagg,
                            secagg_threshold, secagg_neighbors, dropout)
         self._assigned: dict[int, str] = {}
@@ -225,6 +229,8 @@ class Simulation:
                 noise = 0.0
         self.dp_noise = noise
         self.target_epsilon = target_eps
+        if self.aggregate != "mean" and (clip is not None or secagg):
+            raise ValueError("aggregate='sparse_mean' works neither with DP nor with secure aggregation")
         self.secagg = bool(secagg)
         self.secagg_threshold, self.secagg_neighbors = threshold, neighbors
         self._sa_codec = None
@@ -511,7 +517,8 @@ class Simulation:
         else:
             structure = Structure.of({k: G[k] for k in float_keys})
             specs = sorted({r[7] for r in results})
-            inner = st["dp"] if st["dp"] is not None else MeanFactory()
+            inner = st["dp"] if st["dp"] is not None else (
+                SparseMeanFactory() if self.aggregate == "sparse_mean" else MeanFactory())
             proc = DecodingFactory(inner, structures=[structure], masks=masks_np, specs=specs).create()
             for c, blob, w, *_ in results:
                 if c in kept:
@@ -616,7 +623,7 @@ class Simulation:
             "seed": self.seed, "clients": len(self.clients), "per_round": self.per_round,
             "strategy": self.strategy.name, "network": self.network_name, "deadline": self.deadline,
             "policy": getattr(self.policy, "name", "fixed"),
-            "secagg": self.secagg, "dropout": self.dropout,
+            "secagg": self.secagg, "dropout": self.dropout, "aggregate": self.aggregate,
             "timing": {k: round(v, 4) for k, v in st["timing"].items()},
             **self.extra_summary,
         }
