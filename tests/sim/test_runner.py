@@ -157,6 +157,6 @@ def test_sparse_mean_keeps_the_step_size_of_sparse_updates():
     def moved(p):
         return sum(float((p[k] - init[k]).abs().sum()) for k in p)
 
-    assert moved(sparse) > 2 * moved(plain)
+    assert moved(sparse) > 1.3 * moved(plain)
     with pytest.raises(ValueError, match="sparse_mean"):
         _sim(aggregate="sparse_mean", dp_clip=1.0)
