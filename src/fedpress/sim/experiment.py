@@ -62,6 +62,7 @@ class RunConfig:
     target_epsilon: float | None = None
     backend: str = "local"  # local | ray
     aggregate: str = "mean"  # mean | sparse_mean (coordinate-wise over contributors)
+    wait_full_deadline: bool = False  # a round with a dropped straggler lasts the whole deadline
 
     def check(self) -> RunConfig:
         """Validate values that can be checked before loading anything (one clear error each)."""
@@ -203,7 +204,7 @@ def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress
         policy=cfg.policy, jitter=cfg.jitter, secagg=cfg.secagg, secagg_threshold=cfg.secagg_threshold,
         dropout=cfg.dropout, dp_clip=cfg.dp_clip, dp_noise=cfg.dp_noise, dp_delta=cfg.dp_delta,
         dp_adaptive=cfg.dp_adaptive, target_epsilon=cfg.target_epsilon, backend=cfg.backend,
-        aggregate=cfg.aggregate,
+        aggregate=cfg.aggregate, wait_full_deadline=cfg.wait_full_deadline,
         extra_summary={"partition": scheme, "alpha": cfg.alpha or sc.alpha, "synthetic": sc.synthetic},
     )
     return sim, part_summary

@@ -148,6 +148,7 @@ class Simulation:
         secagg_neighbors: int | None = None,
         dropout: float = 0.0,
         aggregate: str = "mean",
+        wait_full_deadline: bool = False,
     ):
         if not client_datasets:
             raise ValueError("client_datasets is empty")
@@ -206,6 +207,9 @@ class Simulation:
         if aggregate not in ("mean", "sparse_mean"):
             raise ValueError(f"aggregate must be 'mean' or 'sparse_mean', got {aggregate!r}")
         self.aggregate = aggregate
+        # False: a round ends when its slowest kept client is done (a server with over-selection);
+        # True: a server that cannot tell a straggler will miss waits out the deadline.
+        self.wait_full_deadline = bool(wait_full_deadline)
         self._init_privacy(dp_clip, dp_noise, dp_delta, dp_adaptive, target_epsilon, secagg,
                            secagg_threshold, secagg_neighbors, dropout)
         self._assigned: dict[int, str] = {}
@@ -492,7 +496,7 @@ class Simulation:
         links = {c: self._jittered(c, t) for c, *_ in results}
         parts = [netmod.Participant(client=c, link=links[c], down_bytes=d, up_bytes=u, compute_s=cs)
                  for (c, _b, _w, d, u, cs, _l, _s) in results]
-        timing = netmod.round_clock(parts, self.deadline)
+        timing = netmod.round_clock(parts, self.deadline, wait_full_deadline=self.wait_full_deadline)
         kept = set(timing.kept)
         # Clients that vanish after uploading (``dropout``): their bytes were sent, never used.
         vanished: set[int] = set()
