@@ -107,7 +107,7 @@ DpAdaptive = Annotated[bool | None, Opt("--dp-adaptive/--no-dp-adaptive", help="
 TargetEps = Annotated[float | None, Opt("--target-epsilon", help="DP: size the noise to this epsilon")]
 Backend = Annotated[str | None, Opt("--backend", help="local | ray")]
 WaitDeadline = Annotated[bool | None, Opt("--wait-full-deadline/--close-early", help="rounds with a dropped straggler last the whole deadline")]
-Aggregate = Annotated[str | None, Opt("--aggregate", help="mean | sparse_mean (per-coordinate over senders)")]
+Aggregate = Annotated[str | None, Opt("--aggregate", help="auto | mean | sparse_mean (per-coordinate over senders; auto: for top-k/threshold)")]
 Quiet = Annotated[bool, Opt("--quiet", "-q", help="no progress bars or tables")]
 Json = Annotated[bool, Opt("--json", help="print the summary as JSON on stdout")]
 

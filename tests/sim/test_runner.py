@@ -150,7 +150,7 @@ def test_bad_arguments():
 
 def test_sparse_mean_keeps_the_step_size_of_sparse_updates():
     kw = {"rounds": 1, "codec": "topk:ratio=0.05", "per_round": 8}
-    plain = _sim(**kw).run().params
+    plain = _sim(aggregate="mean", **kw).run().params
     sparse = _sim(aggregate="sparse_mean", **kw).run().params
     init = (torch.manual_seed(0), _model())[1].state_dict()
 
@@ -160,3 +160,9 @@ def test_sparse_mean_keeps_the_step_size_of_sparse_updates():
     assert moved(sparse) > 1.3 * moved(plain)
     with pytest.raises(ValueError, match="sparse_mean"):
         _sim(aggregate="sparse_mean", dp_clip=1.0)
+
+
+def test_auto_aggregation_picks_sparse_mean_only_for_biased_sparsifiers():
+    assert _sim(codec="ef+topk:ratio=0.1").aggregate == "sparse_mean"
+    assert _sim(codec="qsgd:levels=4").aggregate == "mean"  # exact zeros are real values here
+    assert _sim(codec="topk:ratio=0.1", dp_clip=1.0).aggregate == "mean"

@@ -61,7 +61,7 @@ class RunConfig:
     dp_adaptive: bool = False
     target_epsilon: float | None = None
     backend: str = "local"  # local | ray
-    aggregate: str = "mean"  # mean | sparse_mean (coordinate-wise over contributors)
+    aggregate: str = "auto"  # auto | mean | sparse_mean (coordinate-wise over contributors)
     wait_full_deadline: bool = False  # a round with a dropped straggler lasts the whole deadline
 
     def check(self) -> RunConfig:
@@ -86,8 +86,8 @@ class RunConfig:
                 raise ConfigError(str(e)) from None
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.aggregate not in ("mean", "sparse_mean"):
-            raise ConfigError(f"aggregate must be 'mean' or 'sparse_mean', got {self.aggregate!r}")
+        if self.aggregate not in ("auto", "mean", "sparse_mean"):
+            raise ConfigError(f"aggregate must be 'auto', 'mean' or 'sparse_mean', got {self.aggregate!r}")
         if self.backend not in ("local", "ray"):
             raise ConfigError(f"backend must be 'local' or 'ray', got {self.backend!r}")
         if (self.dp_noise is not None or self.target_epsilon is not None) and self.dp_clip is None:

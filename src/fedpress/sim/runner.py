@@ -147,7 +147,7 @@ class Simulation:
         secagg_threshold: int | None = None,
         secagg_neighbors: int | None = None,
         dropout: float = 0.0,
-        aggregate: str = "mean",
+        aggregate: str = "auto",
         wait_full_deadline: bool = False,
     ):
         if not client_datasets:
@@ -204,8 +204,15 @@ class Simulation:
             raise ValueError(f"unknown backend {backend!r} (local or ray)")
         self.backend = backend
         self.backend_options = backend_options or {}
-        if aggregate not in ("mean", "sparse_mean"):
-            raise ValueError(f"aggregate must be 'mean' or 'sparse_mean', got {aggregate!r}")
+        if aggregate not in ("auto", "mean", "sparse_mean"):
+            raise ValueError(f"aggregate must be 'auto', 'mean' or 'sparse_mean', got {aggregate!r}")
+        if aggregate == "auto":
+            # Biased sparsifiers (top-k, threshold) send few coordinates per client: average each
+            # coordinate over its senders. Everything else, and anything private, is a plain mean.
+            specs = [self.codec.spec, *(getattr(self.policy, "ladder", ()) if self.policy else ())]
+            sparse = any((c := Codec(sp)).lossy and c.lossy[0].name in ("topk", "threshold") for sp in specs)
+            private = dp_clip is not None or secagg
+            aggregate = "sparse_mean" if sparse and not private else "mean"
         self.aggregate = aggregate
         # False: a round ends when its slowest kept client is done (a server with over-selection);
         # True: a server that cannot tell a straggler will miss waits out the deadline.
