@@ -24,16 +24,17 @@ def main() -> None:
     ap.add_argument("--target", type=float, required=True)
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--network", default="mixed")
+    ap.add_argument("--down-codec", default="ef+q:bits=8")
     ap.add_argument("--jitter", type=float, default=0.2)
     ap.add_argument("--wait-full-deadline", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     base = RunConfig(scenario=a.scenario, network=a.network, deadline=a.deadline, target=a.target,
-                     rounds=a.rounds, jitter=a.jitter, wait_full_deadline=a.wait_full_deadline, seed=a.seed)
+                     rounds=a.rounds, jitter=a.jitter, down_codec=a.down_codec, wait_full_deadline=a.wait_full_deadline, seed=a.seed)
     runs = [(spec, dataclasses.replace(base, codec=spec)) for spec in FIXED]
     runs.append((f"policy deadline:seconds={a.deadline:g}",
                  dataclasses.replace(base, policy=f"deadline:seconds={a.deadline:g}")))
-    print(f"{a.scenario} on {a.network}, deadline {a.deadline:g} s, target {a.target}, "
+    print(f"{a.scenario} on {a.network}, downlink {a.down_codec}, deadline {a.deadline:g} s, target {a.target}, "
           f"clock: {'wait out the deadline' if a.wait_full_deadline else 'close at slowest kept'}")
     print(f"{'codec':34s} {'final':>6s} {'best':>6s} {'rounds→t':>8s} {'sim s→t':>8s} {'uplink→t':>10s} "
           f"{'uplink total':>12s} {'dropped':>7s} {'sim s':>7s}")

@@ -31,11 +31,24 @@ def test_deadline_choice_fits_hand_computed_link():
                    compute_s=2.0, down_bytes=100_000)
     assert v.predict(LADDER["none"]) == pytest.approx(5.4)
     ladder = tuple(LADDER)
-    assert Deadline(6.0, safety=1.0, ladder=ladder).assign(_info(), [v]) == {3: "none"}
-    assert Deadline(4.0, safety=1.0, ladder=ladder).assign(_info(), [v]) == {3: "fp16"}
-    assert Deadline(3.5, safety=1.0, ladder=ladder).assign(_info(), [v]) == {3: "ef+q:bits=8"}
+    kw = {"safety": 1.0, "slack": float("inf"), "ladder": ladder}  # effective deadline = the deadline
+    assert Deadline(6.0, **kw).assign(_info(), [v]) == {3: "none"}
+    assert Deadline(4.0, **kw).assign(_info(), [v]) == {3: "fp16"}
+    assert Deadline(3.5, **kw).assign(_info(), [v]) == {3: "ef+q:bits=8"}
     # nothing fits: the most aggressive rung
-    assert Deadline(1.0, safety=1.0, ladder=ladder).assign(_info(), [v]) == {3: "ef+topk:ratio=0.01+q:bits=8"}
+    assert Deadline(1.0, **kw).assign(_info(), [v]) == {3: "ef+topk:ratio=0.01+q:bits=8"}
+
+
+def test_deadline_does_not_stretch_rounds_beyond_the_unavoidable():
+    slow = ClientView(client=0, up_mbps=0.05, down_mbps=0.05, up_latency_s=1.0, down_latency_s=1.0,
+                      compute_s=1.0, down_bytes=10_000)  # top-k: 1+1.6+1+1+0.32 = 4.92 s
+    mid = ClientView(client=1, up_mbps=1.0, down_mbps=8.0, up_latency_s=0.05, down_latency_s=0.05,
+                     compute_s=2.0, down_bytes=100_000)  # none 5.4, fp16 3.8, q8 3.0 s
+    p = Deadline(20.0, safety=1.0, slack=0.0, ladder=tuple(LADDER))
+    got = p.assign(_info(), [slow, mid])
+    # the round cannot end before ~4.92 s, so `mid` gets the mildest codec finishing by then
+    assert got == {0: "ef+topk:ratio=0.01+q:bits=8", 1: "fp16"}
+    assert Deadline(20.0, safety=1.0, slack=0.2, ladder=tuple(LADDER)).assign(_info(), [slow, mid])[1] == "none"
 
 
 def test_bandwidth_estimate_converges_on_noisy_link():

@@ -8,12 +8,14 @@ really encoding a probe update with each (no formula). All lossy rungs use ``ef`
 error-feedback residual carries over exactly when its codec changes between rounds.
 
 >>> p = Deadline(10, safety=1.0, ladder=["none", "ef+q:bits=8", "ef+topk:ratio=0.01+q:bits=8"])
->>> v = ClientView(client=0, up_mbps=0.1, down_mbps=1.0, up_latency_s=0.1, down_latency_s=0.1,
-...                compute_s=1.0, down_bytes=10_000)
+>>> slow = ClientView(client=0, up_mbps=0.1, down_mbps=1.0, up_latency_s=0.1, down_latency_s=0.1,
+...                   compute_s=1.0, down_bytes=10_000)
+>>> fast = ClientView(client=1, up_mbps=10.0, down_mbps=10.0, up_latency_s=0.05, down_latency_s=0.05,
+...                   compute_s=1.0, down_bytes=10_000)
 >>> info = RoundInfo(round=0, rounds=10, deadline=None, budget_left=None,
 ...                  ladder_bytes={"none": 400_000, "ef+q:bits=8": 100_000, "ef+topk:ratio=0.01+q:bits=8": 2_000})
->>> p.assign(info, [v])[0]    # none: 33.2 s, q8: 9.3 s -> the least aggressive that fits
-'ef+q:bits=8'
+>>> p.assign(info, [slow, fast])    # slow: none 33.2 s, q8 9.3 s, top-k 1.5 s; fast: none 1.4 s
+{0: 'ef+topk:ratio=0.01+q:bits=8', 1: 'none'}
 """
 
 from __future__ import annotations
@@ -73,22 +75,35 @@ class Policy:
 
 
 class Deadline(Policy):
-    """Each client gets the least aggressive rung whose predicted download + compute + upload fits
-    ``seconds`` (times ``safety`` < 1 for headroom); if none fits, the most aggressive."""
+    """Each client gets the least aggressive rung that keeps it inside the round's *effective*
+    deadline; clients that cannot make ``seconds`` even with the most aggressive rung get that rung.
+
+    The effective deadline is not ``seconds`` itself: a synchronous round lasts as long as its
+    slowest kept client, and that client's time with the most aggressive rung, T, is unavoidable.
+    Giving everyone else codecs that fill the whole deadline would stretch every round to it, so
+    the effective deadline is min(seconds·safety, T·(1 + slack)): fast clients send at full fidelity
+    as long as they finish by the time the slow ones must anyway.
+    """
 
     name = "deadline"
 
-    def __init__(self, seconds: float, safety: float = 0.9, ladder=DEFAULT_LADDER):
+    def __init__(self, seconds: float, safety: float = 0.9, slack: float = 0.25, ladder=DEFAULT_LADDER):
         if not seconds > 0:
             raise ValueError(f"deadline policy: seconds must be > 0, got {seconds}")
-        self.seconds, self.safety, self.ladder = float(seconds), float(safety), tuple(ladder)
+        self.seconds, self.safety, self.slack = float(seconds), float(safety), float(slack)
+        self.ladder = tuple(ladder)
 
     def assign(self, info, clients):
+        limit = self.seconds * self.safety
+        hardest = info.ladder_bytes[self.ladder[-1]]
+        floor = [v.predict(hardest) for v in clients]
+        feasible = [t for t in floor if t <= limit]
+        eff = min(limit, max(feasible) * (1 + self.slack)) if feasible else limit
         out = {}
         for v in clients:
             pick = self.ladder[-1]
             for spec in self.ladder:
-                if v.predict(info.ladder_bytes[spec]) <= self.seconds * self.safety:
+                if v.predict(info.ladder_bytes[spec]) <= eff:
                     pick = spec
                     break
             out[v.client] = pick
