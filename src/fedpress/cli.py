@@ -284,9 +284,17 @@ def compare(cfg, specs: list[str], out: Path, *, jobs: int = 1, quiet: bool = Fa
                     results[futs[f]] = f.result()
                     prog.update(task, advance=1, info=futs[f])
         else:
+            from fedpress.data import get_scenario
+
+            rtask = prog.add_task("  rounds", total=cfg.rounds or get_scenario(cfg.scenario).rounds, info="")
             for j in jobs_list:
                 prog.update(task, info=j[0].codec)
-                results[j[0].codec] = _run_one(j)
+                prog.reset(rtask)
+
+                def on_round(row, rtask=rtask):
+                    prog.update(rtask, completed=row["round"], info=f"metric {row['metric']:.4f}")
+
+                results[j[0].codec] = _run_one(j, on_round)
                 prog.advance(task)
     runs = [results[s][0] for s in specs]
     part = results[specs[0]][1]

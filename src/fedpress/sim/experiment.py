@@ -222,8 +222,8 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None, *, resume=None, p
     return res, part
 
 
-def _run_one(args):
+def _run_one(args, progress=None):
     """Process-pool entry point for ``compare --jobs``."""
     cfg, out_dir = args
-    res, part = run_experiment(cfg, out_dir)
+    res, part = run_experiment(cfg, out_dir, progress=progress)
     return {"summary": res.summary, "history": res.history}, part

@@ -1,0 +1,77 @@
+import json
+
+from typer.testing import CliRunner
+
+from fedpress.cli import _register_subcommands, app
+
+_register_subcommands()
+runner = CliRunner()
+
+TINY = ["--scenario", "digits", "--rounds", "2", "--clients", "6", "--per-round", "3"]
+
+
+def test_run_writes_contract_files(tmp_path):
+    r = runner.invoke(app, ["run", *TINY, "--codec", "ef+topk:ratio=0.05+q:bits=8", "--out", str(tmp_path),
+                            "--quiet", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["codec"] == "ef+topk:ratio=0.05+q:bits=8" and summary["rounds"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in rows] == [1, 2]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["total_uplink_bytes"] == summary["total_uplink_bytes"]
+
+
+def test_compare_writes_report(tmp_path):
+    r = runner.invoke(app, ["compare", *TINY, "--codec", "none", "--codec", "q:bits=4", "--out", str(tmp_path),
+                            "--quiet", "--target", "0.3"])
+    assert r.exit_code == 0, r.output
+    for name in ("results.csv", "results.json", "accuracy_vs_bytes.png", "report.html"):
+        assert (tmp_path / name).exists(), name
+    res = json.loads((tmp_path / "results.json").read_text())
+    rows = res["rows"] if isinstance(res, dict) else res
+    by = {row["codec"]: row for row in rows}
+    assert by["none"]["uplink_bytes"] > 6 * by["q:bits=4"]["uplink_bytes"]
+    assert by["q:bits=4"]["compression_ratio"] > 6
+
+
+def test_config_file_and_cli_override(tmp_path):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text('scenario = "digits"\ncodec = "q:bits=8"\nrounds = 1\nclients = 4\nper_round = 2\n')
+    r = runner.invoke(app, ["run", "--config", str(cfg), "--codec", "fp16", "--out", str(tmp_path / "o"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["codec"] == "fp16"
+
+
+def test_unknown_config_key_is_one_clear_line(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('scenario = "digits"\nrounds = 2\nlearning_rate = 0.1\n')
+    r = runner.invoke(app, ["run", "--config", str(cfg), "--out", str(tmp_path)])
+    assert r.exit_code == 2
+    assert "unknown config key(s)" in r.output and "learning_rate" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_bad_values_and_specs_are_one_clear_line(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('rounds = "many"\n')
+    r = runner.invoke(app, ["run", "--config", str(cfg)])
+    assert r.exit_code == 2 and "rounds" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["run", *TINY, "--codec", "topk:ratio=2"])
+    assert r.exit_code == 2
+    assert r.output.strip().count("\n") == 0 and "ratio must be in (0, 1], got 2" in r.output
+    r = runner.invoke(app, ["compare", *TINY, "--codec", "none", "--codec", "q:bits=9", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "bits" in r.output
+    r = runner.invoke(app, ["run", "--scenario", "nope"])
+    assert r.exit_code == 2 and "unknown scenario" in r.output
+
+
+def test_missing_dataset_files_are_a_clear_error(tmp_path):
+    r = runner.invoke(app, ["run", "--scenario", "mnist", "--data-root", str(tmp_path), "--rounds", "1"])
+    assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output
+
+
+def test_listing_commands():
+    r = runner.invoke(app, ["codecs"])
+    assert r.exit_code == 0 and "topk" in r.output and "powersgd" in r.output
+    r = runner.invoke(app, ["scenarios"])
+    assert r.exit_code == 0 and "healthcare" in r.output and "iot" in r.output
