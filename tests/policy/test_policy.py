@@ -138,3 +138,12 @@ def test_make_policy_errors():
         make_policy("deadline:seconds=0")
     with pytest.raises(ValueError, match="must be a number"):
         make_policy("deadline:seconds=abc")
+
+
+def test_unknown_client_is_assumed_slow_like_the_slow_end_of_the_population():
+    est = LinkEstimator()
+    for c, mbps in enumerate([10.0, 5.0, 2.0, 0.05]):
+        for b in (1_000, 20_000, 80_000):
+            est.observe(c, "up", b, 0.1 + 8 * b / (mbps * 1e6))
+    assert est.mbps(99, "up") < 2.0  # slower than the median client
+    assert est.mbps(0, "up") == pytest.approx(10.0, rel=0.01)

@@ -83,7 +83,7 @@ class LinkEstimator:
             return self._fit[key]
         obs = self._obs.get(key)
         if not obs:
-            return self.prior_latency_s, 8.0 / (self.prior_mbps * 1e6)
+            return self._population_prior(direction)
         fit = self._line(obs)
         if fit is None:
             lat = min(self._population_latency(direction), min(o[1] for o in obs) * 0.999)
@@ -91,6 +91,17 @@ class LinkEstimator:
             fit = (lat, max(k, 1e-15))
         self._fit[key] = fit
         return fit
+
+    def _population_prior(self, direction: str) -> tuple[float, float]:
+        """A client never seen: assume it is as slow as the slow end of the clients seen so far
+        (10th-percentile bandwidth, 90th-percentile latency). Guessing the median would make a
+        first-time NB-IoT device a certain straggler; guessing low only costs it some fidelity once."""
+        fits = [self._estimate(c, d) for (c, d), obs in list(self._obs.items()) if d == direction and obs]
+        if len(fits) < 3:
+            return self.prior_latency_s, 8.0 / (self.prior_mbps * 1e6)
+        lat = float(np.percentile([f[0] for f in fits], 90))
+        k = float(np.percentile([f[1] for f in fits], 90))  # k = 8/bandwidth: high k = slow
+        return lat, k
 
     def known(self, client: int, direction: str = "up") -> bool:
         return bool(self._obs.get((client, direction)))
