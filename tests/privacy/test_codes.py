@@ -26,7 +26,7 @@ def test_compatible_specs(spec):
     "spec, reason",
     [
         ("topk:ratio=0.01+q:bits=8", "different positions"),
-        ("q:bits=8", "per-block scales"),
+        ("q:bits=8+zstd", "do not compress"),
         ("qsgd:levels=16", "norms"),
         ("sign", "own mean"),
         ("ternary", "own max"),
@@ -156,3 +156,23 @@ def test_dp_on_a_secure_sum_uses_the_quantised_sensitivity():
     )
     assert float(mean["w"].double().std() * 5) == pytest.approx(0.5 * sens, rel=0.02)
     assert meas["dp_noise_std"] == pytest.approx(0.5 * sens)
+
+
+def test_q_with_a_shared_scale_sums_exactly_on_the_agreed_range():
+    import numpy as np
+    import torch
+
+    from fedpress.privacy.codes import SharedRangeCodec
+
+    c = SharedRangeCodec("q:bits=8")
+    assert c.shared_scale and c.rounding == "stochastic"
+    c.set_range(0.5)
+    ups = [{"w": torch.tensor([0.2, -0.4, 0.1])}, {"w": torch.tensor([-0.1, 0.3, 0.45])}]
+    codes = [c.encode(u, round_seed=1, client_seed=i)[0] for i, u in enumerate(ups)]
+    mean = c.decode_mean(sum(x.astype(np.int64) for x in codes), 2, ups[0], round_seed=1)
+    want = (ups[0]["w"] + ups[1]["w"]) / 2
+    assert float((mean["w"] - want).abs().max()) <= c.error_bound()
+    with pytest.raises(ValueError, match="positive"):
+        c.set_range(0.0)
+    with pytest.raises(ValueError, match="fixed range"):
+        SharedRangeCodec("fixed:bits=8").set_range(1.0)

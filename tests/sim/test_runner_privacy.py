@@ -80,3 +80,10 @@ def test_dp_needs_a_clip():
     clients, test = _setup()
     with pytest.raises(ValueError, match="dp_clip"):
         Simulation(_model, clients, test, dp_noise=1.0)
+
+
+def test_secagg_with_q_on_a_shared_scale():
+    res = _run(codec="q:bits=8", secagg=True, rounds=6)
+    assert res.history[-1]["metric"] > 0.8
+    ranges = [h["secagg_range"] for h in res.history]
+    assert ranges[0] == 1.0 and ranges[-1] != 1.0  # adapted from the aggregates

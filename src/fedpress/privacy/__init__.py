@@ -6,7 +6,7 @@ Heavy dependencies load lazily: ``import fedpress.privacy`` pulls in neither ``c
 ``dp-accounting`` until a name that needs them is used.
 
 >>> from fedpress.privacy import secagg_compatible
->>> secagg_compatible("q:bits=8")[0]
+>>> secagg_compatible("qsgd:levels=16")[0]
 False
 """
 

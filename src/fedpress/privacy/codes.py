@@ -39,8 +39,6 @@ _REFUSE = {
     "none": _FLOATS,
     "fp16": _FLOATS,
     "bf16": _FLOATS,
-    "q": "q picks per-block scales and minima per client, so codes on different grids do not add; "
-    "use fixed:lo=-R,hi=R (a shared range)",
     "qsgd": "qsgd scales by each client's own bucket norms, so codes do not add (a norm shared by "
     "all clients is not implemented); use fixed on a shared range",
     "sign": "sign scales by each client's own mean |g|, so the bits do not add; use fixed",
@@ -59,7 +57,12 @@ def secagg_compatible(spec: str) -> tuple[bool, str]:
     """Whether codes of codec ``spec`` can be summed under secure aggregation, and why (not).
 
     Compatible: ``[ef+][randk:...+]fixed:bits=n,lo=a,hi=b[,rounding=...]`` (randk with positions
-    shared per round). Everything else is refused with the reason.
+    shared per round), and ``[ef+][randk:...+]q:bits=n`` *with a shared scale*: instead of per-block
+    ranges, every client quantises stochastically on one range [−R, R] that the server agrees for
+    the round (:meth:`SharedRangeCodec.set_range`). Everything else is refused with the reason.
+
+    >>> secagg_compatible("q:bits=8")
+    (True, '8-bit stochastic codes on a range [-R, R] shared per round (q with a shared scale)')
 
     >>> secagg_compatible("fixed:bits=8,lo=-0.1,hi=0.1,rounding=stochastic")[0]
     True
@@ -78,8 +81,13 @@ def secagg_compatible(spec: str) -> tuple[bool, str]:
     for name in body:
         if name in _REFUSE:
             return False, f"{name}: {_REFUSE[name]}"
-        if name not in ("randk", "fixed"):
+        if name not in ("randk", "fixed", "q"):
             return False, f"{name}: no shared-range integer form; use fixed on a shared range"
+    if body in (["q"], ["randk", "q"]):
+        q = stages[-1]
+        pos = ", positions shared per round (randk)" if "randk" in body else ""
+        return True, (f"{q.bits}-bit stochastic codes on a range [-R, R] shared per round "
+                      f"(q with a shared scale){pos}")
     if body not in (["fixed"], ["randk", "fixed"]):
         if body == ["randk"]:
             return False, "randk alone sends floats; follow it with fixed:lo=-R,hi=R"
@@ -131,12 +139,27 @@ class SharedRangeCodec:
         self.ratio = rk.ratio if rk is not None else None
         self.rescale = bool(rk is not None and rk.__dict__["unbiased"])
         fx = stages[-1]
-        self.bits, self.lo, self.hi, self.rounding = (
-            fx.bits,
-            float(fx.lo),
-            float(fx.hi),
-            fx.rounding,
-        )
+        #: True for ``q`` with a shared scale: the range is agreed per round with set_range().
+        self.shared_scale = fx.name == "q"
+        if self.shared_scale:
+            self.bits, self.lo, self.hi, self.rounding = fx.bits, -1.0, 1.0, "stochastic"
+        else:
+            self.bits, self.lo, self.hi, self.rounding = (
+                fx.bits,
+                float(fx.lo),
+                float(fx.hi),
+                fx.rounding,
+            )
+        self.scale = (self.hi - self.lo) / float(1 << self.bits)
+
+    def set_range(self, r: float) -> None:
+        """Agree this round's range [−r, r] (``q`` with a shared scale); encode and decode of one
+        round must use the same r. Clipping to an L2 norm C makes r = C lossless."""
+        if not self.shared_scale:
+            raise ValueError(f"{self.spec!r} has a fixed range; set_range is for q with a shared scale")
+        if not r > 0 or not np.isfinite(r):
+            raise ValueError(f"range must be a positive finite number, got {r!r}")
+        self.lo, self.hi = -float(r), float(r)
         self.scale = (self.hi - self.lo) / float(1 << self.bits)
 
     def error_bound(self) -> float:

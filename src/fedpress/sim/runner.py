@@ -325,6 +325,9 @@ class Simulation:
             "client_mask_version": {}, "history": [], "sim_seconds": 0.0, "cum_up": 0, "cum_down": 0,
             "estimator": LinkEstimator(), "ladder_bytes": {}, "last_delta": None,
             **self._privacy_state(), "secagg_overhead": 0,
+            # q with a shared scale under SecAgg: the range for round 0 (the clip when clipping, so
+            # nothing is clamped); afterwards 4x the largest coordinate of the last aggregate.
+            "secagg_range": float(self.dp_clip) if self.dp_clip else 1.0,
             "timing": {"train_s": 0.0, "encode_s": 0.0, "decode_aggregate_s": 0.0, "eval_s": 0.0, "total_s": 0.0},
         }
 
@@ -456,6 +459,8 @@ class Simulation:
         sa = setup = None
         R = derive_seed(self.seed, t, 33)
         template = {k: tuple(G[k].shape) for k in float_keys}
+        if self.secagg and self._sa_codec.shared_scale:
+            self._sa_codec.set_range(st["secagg_range"])
         if self.secagg and len(online) >= 2:
             from fedpress.privacy.secagg import SecAggRound
 
@@ -537,6 +542,12 @@ class Simulation:
             mean, meas = proc.result()
             priv = {k: v for k, v in meas.items() if k.startswith("dp_")}
         update_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in mean.values()))) if mean else None
+        if sa is not None and self._sa_codec.shared_scale and mean and not self.dp_clip:
+            peak = max(float(v.abs().max()) for v in mean.values() if v.numel())
+            if peak > 0:
+                st["secagg_range"] = 4.0 * peak
+        if sa is not None:
+            priv["secagg_range"] = self._sa_codec.hi
         st["last_delta"] = mean if mean is not None else st["last_delta"]
         if mean is not None:
             G2, st["strategy"] = self.strategy.apply(G, mean, st["strategy"])
