@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/fedpress compare --scenario digits --jobs 2 --out results/digits
+	$(BIN)/fedpress compare --scenario digits --jobs 2 --target 0.9 --out results/digits
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

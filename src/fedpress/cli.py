@@ -106,6 +106,8 @@ DpDelta = Annotated[float | None, Opt("--dp-delta", help="DP: delta for the repo
 DpAdaptive = Annotated[bool | None, Opt("--dp-adaptive/--no-dp-adaptive", help="DP: adaptive clipping")]
 TargetEps = Annotated[float | None, Opt("--target-epsilon", help="DP: size the noise to this epsilon")]
 Backend = Annotated[str | None, Opt("--backend", help="local | ray")]
+RayAddress = Annotated[str | None, Opt("--address", help="--backend ray: join this Ray cluster (auto, ray://HOST:10001); default: start Ray here")]
+Workers = Annotated[int | None, Opt("--workers", help="--backend ray: CPUs of the local Ray (on a cluster: tasks in flight)")]
 WaitDeadline = Annotated[bool | None, Opt("--wait-full-deadline/--close-early", help="rounds with a dropped straggler last the whole deadline")]
 Aggregate = Annotated[str | None, Opt("--aggregate", help="auto | mean | sparse_mean (per-coordinate over senders; auto: for top-k/threshold)")]
 Quiet = Annotated[bool, Opt("--quiet", "-q", help="no progress bars or tables")]
@@ -150,6 +152,7 @@ def run_cmd(
     secagg: SecAgg = None, secagg_threshold: SecAggT = None, dropout: Dropout = None,
     dp_clip: DpClip = None, dp_noise: DpNoise = None, dp_delta: DpDelta = None,
     dp_adaptive: DpAdaptive = None, target_epsilon: TargetEps = None, backend: Backend = None,
+    address: RayAddress = None, workers: Workers = None,
     aggregate: Aggregate = None, wait_full_deadline: WaitDeadline = None,
     checkpoint_every: Annotated[int | None, Opt("--checkpoint-every", help="checkpoint every N rounds")] = None,
     resume: Annotated[Path | None, Opt("--resume", help="resume from this run folder's checkpoint")] = None,
@@ -166,7 +169,8 @@ def run_cmd(
                     data_root=data_root, checkpoint_every=checkpoint_every, policy=policy,
                     jitter=jitter, secagg=secagg, secagg_threshold=secagg_threshold, dropout=dropout,
                     dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta, dp_adaptive=dp_adaptive,
-                    target_epsilon=target_epsilon, backend=backend, aggregate=aggregate,
+                    target_epsilon=target_epsilon, backend=backend, ray_address=address,
+                    workers=workers, aggregate=aggregate,
                     wait_full_deadline=wait_full_deadline)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -212,6 +216,7 @@ def compare_cmd(
     secagg: SecAgg = None, secagg_threshold: SecAggT = None, dropout: Dropout = None,
     dp_clip: DpClip = None, dp_noise: DpNoise = None, dp_delta: DpDelta = None,
     dp_adaptive: DpAdaptive = None, target_epsilon: TargetEps = None, backend: Backend = None,
+    address: RayAddress = None, workers: Workers = None,
     aggregate: Aggregate = None, wait_full_deadline: WaitDeadline = None,
     jobs: Annotated[int | None, Opt("--jobs", "-j", help="run codecs in N parallel processes")] = None,
     out: Annotated[Path | None, Opt("--out", "-o", help="output folder")] = None,
@@ -227,6 +232,7 @@ def compare_cmd(
                         jitter=jitter, secagg=secagg, secagg_threshold=secagg_threshold,
                         dropout=dropout, dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta,
                         dp_adaptive=dp_adaptive, target_epsilon=target_epsilon, backend=backend,
+                        ray_address=address, workers=workers,
                         aggregate=aggregate, wait_full_deadline=wait_full_deadline)
     from fedpress.codecs import Codec, SpecError
 

@@ -305,6 +305,11 @@ def test_wrapped_fedavg_two_rounds_bytes_and_aggregate():
         assert "train_loss" in metrics  # the wrapped strategy's own metrics survive
         row = strategy.history[-1]
         assert row["round"] == rnd and row["client_uplink_bytes"] == {3: wire[0], 9: wire[1]}
+        # Each node's own train metrics (the wrapped strategy reports only their average).
+        assert row["client_metrics"] == {3: {"num-examples": 30, "train_loss": 1.0},
+                                         9: {"num-examples": 90, "train_loss": 1.0}}
+        # Without a downlink codec the nodes train from the global model itself.
+        assert all(torch.equal(strategy.round_model[k], v) for k, v in G.items())
         # Aggregate: G + weighted mean of the decoded updates; integer buffers stay G's.
         st = Structure.of({k: v for k, v in G.items() if v.is_floating_point()})
         ups = [fedpress.decompress(blobs[n], structures=[st], specs=["ef+topk:ratio=0.25+q:bits=8"])
@@ -394,6 +399,7 @@ def test_downlink_deltas_resync_and_lost_state():
     for n in nodes:
         for k, v in strategy._B.items():
             torch.testing.assert_close(got[n][k], v, rtol=0, atol=0)
+            torch.testing.assert_close(strategy.round_model[k], v, rtol=0, atol=0)
     err = (got[1]["fc.weight"] - arrays2.to_torch_state_dict()["fc.weight"]).abs().max()
     assert 0 < err < 0.05  # lossy but close to the global model
 

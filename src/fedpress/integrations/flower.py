@@ -346,7 +346,8 @@ class FedpressStrategy(Strategy):
     ``aggregate_train`` adds to the metrics: ``fedpress-uplink-bytes`` and ``fedpress-downlink-bytes``
     (this round's totals), ``fedpress-uplink-bytes-per-node`` (one entry per decoded reply, in
     ascending node-id order), ``fedpress-clients`` and ``fedpress-rejected``. ``history`` keeps one
-    dict per round with the same numbers keyed by node id.
+    dict per round with the same numbers keyed by node id, and each node's own train metrics
+    (``client_metrics``), which the wrapped strategy only reports averaged.
 
     >>> from flwr.serverapp.strategy import FedAdam
     >>> s = FedpressStrategy(FedAdam(), codec="topk:ratio=0.05+q:bits=4", down_codec="q:bits=8")
@@ -385,6 +386,15 @@ class FedpressStrategy(Strategy):
     def __repr__(self) -> str:
         down = f", down_codec={self.down_codec.spec!r}" if self.down_codec else ""
         return f"FedpressStrategy({self.strategy!r}, codec={self.codec.spec!r}{down})"
+
+    @property
+    def round_model(self) -> dict[str, torch.Tensor]:
+        """The model this round's nodes train from, hence the base of their updates: the broadcast
+        model they rebuild from compressed downlink deltas with a ``down_codec``, the global model
+        otherwise. Set by ``configure_train``; empty before the first round."""
+        if self.down_codec is not None and self._B is not None:
+            return {k: v.clone() for k, v in self._B.items()}
+        return {k: v.clone() for k, v in self._G.items()}
 
     def summary(self) -> None:
         """Log the codec settings, then the wrapped strategy's summary."""
@@ -506,9 +516,13 @@ class FedpressStrategy(Strategy):
                 rejected[node] = str(e)
                 continue
             decoded.append((reply, model))
+        client_metrics: dict[int, dict[str, Any]] = {}
         for reply, model in decoded:
+            node = int(reply.metadata.src_node_id)
             key, record = next(iter(reply.content.array_records.items()))
-            up[int(reply.metadata.src_node_id)] = sum(len(a.data) for a in record.values())
+            up[node] = sum(len(a.data) for a in record.values())
+            client_metrics[node] = {k: v for rec in reply.content.metric_records.values()
+                                    for k, v in rec.items()}
             reply.content[key] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in model.items()})
             good.append(reply)
         for node in self._sent:  # nodes whose state we cannot vouch for get the full model next
@@ -524,6 +538,7 @@ class FedpressStrategy(Strategy):
             "client_uplink_bytes": dict(sorted(up.items())),
             "client_downlink_bytes": dict(sorted(self._sent.items())),
             "rejected": rejected,
+            "client_metrics": dict(sorted(client_metrics.items())),
         }
         self.history.append(row)
         metrics = MetricRecord() if metrics is None else metrics

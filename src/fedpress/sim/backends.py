@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,41 +79,109 @@ class LocalBackend:
         pass
 
 
+def _compact(obj):
+    """``obj`` with every tensor that views a larger storage replaced by a copy of its own data:
+    pickling a view (``x[i:j]`` of one big tensor) ships the whole storage."""
+    if torch.is_tensor(obj):
+        if obj.untyped_storage().nbytes() > obj.numel() * obj.element_size():
+            return obj.clone(memory_format=torch.contiguous_format)
+        return obj
+    if isinstance(obj, tuple | list):
+        return type(obj)(_compact(o) for o in obj)
+    return obj
+
+
 def _ray_client(model_fn, params, data, cfg, job, threads, kw):
     torch.set_num_threads(threads)
     return client_update(model_fn(), params, data, cfg, job, **kw)
 
 
 class RayBackend:
-    """Clients as Ray tasks (``pip install 'fedpress[ray]'``): client data is put in the object
-    store once, the broadcast model once per round."""
+    """Clients as Ray tasks (``pip install 'fedpress[ray]'``), on a local Ray started here
+    (``num_cpus`` workers) or on a running cluster (``address``, e.g. ``"auto"`` or
+    ``"ray://head:10001"``; its workers must have fedpress installed).
+
+    What travels: the model factory once, the broadcast model once per round, and each sampled
+    client's data. A client's data goes to the object store the first time the client is sampled,
+    not at start, and stays only while the client is among the ``data_cache`` most recently sampled
+    (default: twice the largest round so far), so the driver and the object store hold
+    O(clients per round) of client data however many clients are registered.
+
+    With ``address``, ``num_cpus`` cannot size the cluster; it caps the tasks in flight instead.
+    """
 
     name = "ray"
 
     def __init__(self, model_fn, clients: list, *, address: str | None = None, num_cpus: int | None = None,
-                 threads: int | None = 1):
+                 threads: int | None = 1, data_cache: int | None = None):
         try:
             import ray
         except ImportError as e:  # pragma: no cover - depends on the extra
             raise RuntimeError("backend='ray' needs Ray: pip install 'fedpress[ray]'") from e
+        if num_cpus is not None and num_cpus < 1:
+            raise ValueError(f"num_cpus must be >= 1, got {num_cpus}")
+        if data_cache is not None and data_cache < 0:
+            raise ValueError(f"data_cache must be >= 0, got {data_cache}")
         self.ray = ray
         self._owns = not ray.is_initialized()
         if self._owns:
-            ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
-        self.model_fn = model_fn
+            if address:  # join: the cluster's size is its own (Ray refuses num_cpus here)
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+        self.max_in_flight = num_cpus if address else None
+        self.clients = clients
         self.threads = threads or 1
+        self.data_cache = data_cache
         self._remote = ray.remote(num_cpus=1)(_ray_client)
-        self._data = [ray.put(d) for d in clients]
+        self._model_fn = ray.put(model_fn)  # once: a closure may carry a whole dataset
+        self._refs: OrderedDict[int, Any] = OrderedDict()  # client -> data ref, least recent first
+        self._largest = 0
+        self.placed = 0  # client datasets put in the object store so far (re-puts included)
+
+    @property
+    def cached(self) -> list[int]:
+        """Clients whose data is in the object store now, least recently sampled first."""
+        return list(self._refs)
+
+    def _data(self, client: int):
+        ref = self._refs.pop(client, None)
+        if ref is None:
+            ref = self.ray.put(_compact(self.clients[client]))
+            self.placed += 1
+        self._refs[client] = ref  # most recent last
+        return ref
 
     def map(self, params, jobs: list[ClientJob], cfg, **kw) -> list[dict]:
         ray = self.ray
-        pref = ray.put(params)
-        futs = [self._remote.remote(self.model_fn, pref, self._data[j.client], cfg, j, self.threads, kw)
-                for j in jobs]
-        return ray.get(futs)
+        pref, kref = ray.put(params), ray.put(kw)
+        self._largest = max(self._largest, len(jobs))
+        args = [(self._data(j.client), j) for j in jobs]
+        keep = self.data_cache if self.data_cache is not None else 2 * self._largest
+        while len(self._refs) > keep:  # tasks of this round hold their own references
+            self._refs.popitem(last=False)
+
+        def submit(i):
+            ref, job = args[i]
+            return self._remote.remote(self._model_fn, pref, ref, cfg, job, self.threads, kref)
+
+        if self.max_in_flight is None or len(args) <= self.max_in_flight:
+            return ray.get([submit(i) for i in range(len(args))])
+        out: list[Any] = [None] * len(args)
+        pending = {submit(i): i for i in range(self.max_in_flight)}
+        nxt = self.max_in_flight
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for f in done:
+                out[pending.pop(f)] = ray.get(f)
+                if nxt < len(args):
+                    pending[submit(nxt)] = nxt
+                    nxt += 1
+        return out
 
     def close(self) -> None:
+        self._refs.clear()
         if self._owns and self.ray.is_initialized():
             self.ray.shutdown()
 

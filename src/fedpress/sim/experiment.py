@@ -61,6 +61,8 @@ class RunConfig:
     dp_adaptive: bool = False
     target_epsilon: float | None = None
     backend: str = "local"  # local | ray
+    ray_address: str | None = None  # backend ray: join this cluster ("auto", "ray://host:10001")
+    workers: int | None = None  # backend ray: local Ray's CPUs (on a cluster: max tasks in flight)
     aggregate: str = "auto"  # auto | mean | sparse_mean (coordinate-wise over contributors)
     wait_full_deadline: bool = False  # a round with a dropped straggler lasts the whole deadline
 
@@ -90,6 +92,15 @@ class RunConfig:
             raise ConfigError(f"aggregate must be 'auto', 'mean' or 'sparse_mean', got {self.aggregate!r}")
         if self.backend not in ("local", "ray"):
             raise ConfigError(f"backend must be 'local' or 'ray', got {self.backend!r}")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+            raise ConfigError(f"workers must be a positive integer, got {self.workers!r}")
+        if self.backend != "ray" and (self.ray_address or self.workers is not None):
+            raise ConfigError("--address and --workers are options of --backend ray")
+        if self.backend == "ray":
+            import importlib.util
+
+            if importlib.util.find_spec("ray") is None:
+                raise ConfigError("--backend ray needs Ray: pip install 'fedpress[ray]'")
         if (self.dp_noise is not None or self.target_epsilon is not None) and self.dp_clip is None:
             raise ConfigError("dp_noise / target_epsilon need dp_clip (the L2 clip C)")
         if self.secagg:
@@ -204,6 +215,8 @@ def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress
         policy=cfg.policy, jitter=cfg.jitter, secagg=cfg.secagg, secagg_threshold=cfg.secagg_threshold,
         dropout=cfg.dropout, dp_clip=cfg.dp_clip, dp_noise=cfg.dp_noise, dp_delta=cfg.dp_delta,
         dp_adaptive=cfg.dp_adaptive, target_epsilon=cfg.target_epsilon, backend=cfg.backend,
+        backend_options=({"address": cfg.ray_address, "num_cpus": cfg.workers}
+                         if cfg.backend == "ray" else None),
         aggregate=cfg.aggregate, wait_full_deadline=cfg.wait_full_deadline,
         extra_summary={"partition": scheme, "alpha": cfg.alpha or sc.alpha, "synthetic": sc.synthetic},
     )
