@@ -114,7 +114,18 @@ Quiet = Annotated[bool, Opt("--quiet", "-q", help="no progress bars or tables")]
 Json = Annotated[bool, Opt("--json", help="print the summary as JSON on stdout")]
 
 
-def _merge(config: Path | None, allow_compare: bool, **cli) -> tuple[object, dict]:
+def _cli_options(params: dict) -> dict:
+    """The command's parameters that are RunConfig fields (one list of options, not two)."""
+    from fedpress.sim.experiment import RunConfig
+
+    renamed = {"address": "ray_address"}
+    out = {renamed.get(k, k): v for k, v in params.items()}
+    # compare's --codec is a list of specs, handled by compare itself
+    return {k: v for k, v in out.items()
+            if k in RunConfig.__dataclass_fields__ and not (k == "codec" and isinstance(v, list))}
+
+
+def _merge(config: Path | None, allow_compare: bool, cli: dict) -> tuple[object, dict]:
     from fedpress.codecs import SpecError
     from fedpress.sim.experiment import ConfigError, RunConfig, load_config
 
@@ -160,18 +171,7 @@ def run_cmd(
     config: Config = None, quiet: Quiet = False, json_out: Json = False,
 ) -> None:
     """Run one federated experiment; writes OUT/metrics.jsonl and OUT/summary.json."""
-    cfg, _ = _merge(config, False, scenario=scenario, codec=codec, down_codec=down_codec,
-                    clients=clients, per_round=per_round, rounds=rounds, alpha=alpha,
-                    partition=partition, network=network, deadline=deadline, seed=seed,
-                    local_epochs=local_epochs, lr=lr, batch_size=batch_size, strategy=strategy,
-                    server_lr=server_lr, prox_mu=prox_mu, l1=l1, l2=l2, prune=prune,
-                    prune_mode=prune_mode, prune_scope=prune_scope, target=target,
-                    data_root=data_root, checkpoint_every=checkpoint_every, policy=policy,
-                    jitter=jitter, secagg=secagg, secagg_threshold=secagg_threshold, dropout=dropout,
-                    dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta, dp_adaptive=dp_adaptive,
-                    target_epsilon=target_epsilon, backend=backend, ray_address=address,
-                    workers=workers, aggregate=aggregate,
-                    wait_full_deadline=wait_full_deadline)
+    cfg, _ = _merge(config, False, _cli_options(locals()))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedpress.sim.experiment import run_experiment
@@ -223,17 +223,7 @@ def compare_cmd(
     config: Config = None, quiet: Quiet = False, json_out: Json = False,
 ) -> None:
     """Run several codecs on one scenario; writes results.csv/json, plots and report.html."""
-    cfg, extra = _merge(config, True, scenario=scenario, down_codec=down_codec, clients=clients,
-                        per_round=per_round, rounds=rounds, alpha=alpha, partition=partition,
-                        network=network, deadline=deadline, seed=seed, local_epochs=local_epochs,
-                        lr=lr, batch_size=batch_size, strategy=strategy, server_lr=server_lr,
-                        prox_mu=prox_mu, l1=l1, l2=l2, prune=prune, prune_mode=prune_mode,
-                        prune_scope=prune_scope, target=target, data_root=data_root, policy=policy,
-                        jitter=jitter, secagg=secagg, secagg_threshold=secagg_threshold,
-                        dropout=dropout, dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta,
-                        dp_adaptive=dp_adaptive, target_epsilon=target_epsilon, backend=backend,
-                        ray_address=address, workers=workers,
-                        aggregate=aggregate, wait_full_deadline=wait_full_deadline)
+    cfg, extra = _merge(config, True, _cli_options(locals()))
     from fedpress.codecs import Codec, SpecError
 
     specs = codec or extra.get("codecs") or list(DEFAULT_CODECS)
