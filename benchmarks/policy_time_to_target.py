@@ -32,23 +32,25 @@ def main() -> None:
     base = RunConfig(scenario=a.scenario, network=a.network, deadline=a.deadline, target=a.target,
                      rounds=a.rounds, jitter=a.jitter, down_codec=a.down_codec, wait_full_deadline=a.wait_full_deadline, seed=a.seed)
     runs = [(spec, dataclasses.replace(base, codec=spec)) for spec in FIXED]
-    runs.append((f"policy deadline:seconds={a.deadline:g}",
-                 dataclasses.replace(base, policy=f"deadline:seconds={a.deadline:g}")))
+    for extra in ("", ",skip=1"):
+        pol = f"deadline:seconds={a.deadline:g}{extra}"
+        runs.append((f"policy {pol}", dataclasses.replace(base, policy=pol)))
     print(f"{a.scenario} on {a.network}, downlink {a.down_codec}, deadline {a.deadline:g} s, target {a.target}, "
           f"clock: {'wait out the deadline' if a.wait_full_deadline else 'close at slowest kept'}")
-    print(f"{'codec':34s} {'final':>6s} {'best':>6s} {'rounds→t':>8s} {'sim s→t':>8s} {'uplink→t':>10s} "
+    print(f"{'codec':40s} {'final':>6s} {'best':>6s} {'rounds→t':>8s} {'sim s→t':>8s} {'uplink→t':>10s} "
           f"{'uplink total':>12s} {'dropped':>7s} {'sim s':>7s}")
     for label, cfg in runs:
         res, _ = run_experiment(cfg, None)
         s = res.summary
         m = [h["metric"] for h in res.history]
         dropped = sum(h["clients_dropped"] for h in res.history)
+        dropped = f"{dropped}+{sum(h.get('clients_skipped', 0) for h in res.history)}s"
         rt = s.get("rounds_to_target")
         st = s.get("sim_seconds_to_target")
         ut = s.get("uplink_bytes_to_target")
-        print(f"{label:34s} {m[-1]:6.3f} {max(m):6.3f} {str(rt):>8s} "
+        print(f"{label:40s} {m[-1]:6.3f} {max(m):6.3f} {str(rt):>8s} "
               f"{(f'{st:.1f}' if st is not None else '—'):>8s} {(str(ut) if ut else '—'):>10s} "
-              f"{s['total_uplink_bytes']:12d} {dropped:7d} {s['sim_seconds']:7.1f}")
+              f"{s['total_uplink_bytes']:12d} {dropped:>7s} {s['sim_seconds']:7.1f}")
 
 
 if __name__ == "__main__":

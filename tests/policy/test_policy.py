@@ -147,3 +147,16 @@ def test_unknown_client_is_assumed_slow_like_the_slow_end_of_the_population():
             est.observe(c, "up", b, 0.1 + 8 * b / (mbps * 1e6))
     assert est.mbps(99, "up") < 2.0  # slower than the median client
     assert est.mbps(0, "up") == pytest.approx(10.0, rel=0.01)
+
+
+def test_deadline_skip_leaves_out_known_hopeless_clients_but_tries_unknown_ones():
+    hopeless = ClientView(client=5, up_mbps=0.001, down_mbps=0.001, up_latency_s=5.0, down_latency_s=5.0,
+                          compute_s=1.0, down_bytes=10_000)
+    new = ClientView(**{**hopeless.__dict__, "client": 6, "known": False})
+    ok = ClientView(client=7, up_mbps=10, down_mbps=10, up_latency_s=0.01, down_latency_s=0.01,
+                    compute_s=0.5, down_bytes=10_000)
+    p = Deadline(5.0, skip=1, ladder=tuple(LADDER))
+    got = p.assign(_info(), [hopeless, new, ok])
+    assert got[5] is None and got[6] == "ef+topk:ratio=0.01+q:bits=8"
+    assert got[7] not in (None, "ef+topk:ratio=0.01+q:bits=8")
+    assert Deadline(5.0, ladder=tuple(LADDER)).assign(_info(), [hopeless])[5] is not None

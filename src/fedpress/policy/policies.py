@@ -47,6 +47,7 @@ class ClientView:
     down_latency_s: float
     compute_s: float
     down_bytes: int
+    known: bool = True  # the server has observed this client's transfers before
 
     def predict(self, up_bytes: int) -> float:
         """Predicted download + compute + upload seconds for an upload of ``up_bytes``."""
@@ -76,7 +77,10 @@ class Policy:
 
 class Deadline(Policy):
     """Each client gets the least aggressive rung that keeps it inside the round's *effective*
-    deadline; clients that cannot make ``seconds`` even with the most aggressive rung get that rung.
+    deadline; clients that cannot make ``seconds`` even with the most aggressive rung get that rung,
+    or, with ``skip=1``, sit the round out when the server has already seen them (deadline-aware
+    selection as in FedCS, Nishio & Yonetani 2019): a certain straggler only holds the round up.
+    Clients never seen are always tried, so the estimate of every link gets its first observation.
 
     The effective deadline is not ``seconds`` itself: a synchronous round lasts as long as its
     slowest kept client, and that client's time with the most aggressive rung, T, is unavoidable.
@@ -87,10 +91,12 @@ class Deadline(Policy):
 
     name = "deadline"
 
-    def __init__(self, seconds: float, safety: float = 0.9, slack: float = 0.25, ladder=DEFAULT_LADDER):
+    def __init__(self, seconds: float, safety: float = 0.9, slack: float = 0.25, skip: float = 0.0,
+                 ladder=DEFAULT_LADDER):
         if not seconds > 0:
             raise ValueError(f"deadline policy: seconds must be > 0, got {seconds}")
         self.seconds, self.safety, self.slack = float(seconds), float(safety), float(slack)
+        self.skip = bool(skip)
         self.ladder = tuple(ladder)
 
     def assign(self, info, clients):
@@ -99,8 +105,11 @@ class Deadline(Policy):
         floor = [v.predict(hardest) for v in clients]
         feasible = [t for t in floor if t <= limit]
         eff = min(limit, max(feasible) * (1 + self.slack)) if feasible else limit
-        out = {}
-        for v in clients:
+        out: dict[int, str | None] = {}
+        for v, t_min in zip(clients, floor, strict=True):
+            if self.skip and v.known and t_min > limit:
+                out[v.client] = None
+                continue
             pick = self.ladder[-1]
             for spec in self.ladder:
                 if v.predict(info.ladder_bytes[spec]) <= eff:

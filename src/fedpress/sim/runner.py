@@ -301,7 +301,7 @@ class Simulation:
         views = [ClientView(client=c, up_mbps=est.mbps(c, "up"), down_mbps=est.mbps(c, "down"),
                             up_latency_s=est.latency(c, "up"), down_latency_s=est.latency(c, "down"),
                             compute_s=est.predict_compute(c, float(self.clients[c][0].shape[0]) * self.train_cfg.epochs),
-                            down_bytes=downs[c]) for c in online]
+                            down_bytes=downs[c], known=est.known(c, "up")) for c in online]
         budget = getattr(self.policy, "total", None)
         info = RoundInfo(round=t, rounds=self.rounds, deadline=self.deadline,
                          budget_left=None if budget is None else budget - st["cum_up"],
@@ -446,12 +446,16 @@ class Simulation:
                 down = min(sum(missed), full_len) if have_all else full_len
             if masks and st["client_mask_version"].get(c, -2) < st["mask_version"]:
                 down += mask_blob_len
-                st["client_mask_version"][c] = st["mask_version"]
-            st["client_version"][c] = t
             downs[c] = down
 
-        # -- the policy picks each client's codec from what the server knows
+        # -- the policy picks each client's codec from what the server knows (None: not this round)
         self._assigned = self._assign(st, t, online, downs, float_keys, masks_np) if self.policy else {}
+        skipped = [c for c in online if self.policy and self._assigned.get(c) is None]
+        online = [c for c in online if c not in skipped]
+        for c in online:  # these clients now download and hold B_t
+            st["client_version"][c] = t
+            if masks:
+                st["client_mask_version"][c] = st["mask_version"]
 
         results = []  # (client, blob, weight, down, up, compute_s, train_loss, spec)
         failed = 0
@@ -585,7 +589,7 @@ class Simulation:
             "sim_seconds": st["sim_seconds"], "round_seconds": timing.seconds,
             "clients_sampled": len(sampled), "clients_online": len(online),
             "clients_kept": len(kept), "clients_dropped": len(timing.dropped), "clients_failed": failed,
-            "clients_vanished": len(vanished),
+            "clients_vanished": len(vanished), "clients_skipped": len(skipped),
             "train_loss": float(np.mean([r[6] for r in results])) if results else None,
             "client_codecs": {str(r[0]): r[7] for r in results} if len({r[7] for r in results}) > 1 else None,
             "client_uplink_bytes": {str(r[0]): r[4] for r in results},
