@@ -40,6 +40,28 @@ def test_bench_rows_are_measured_from_blobs():
     assert flat[0]["n"] == 3_000
 
 
+def test_kernels_both_measures_each_path_on_the_same_blob():
+    rows = bench_codecs(30_000, ["q:bits=4", "topk:ratio=0.01"], repeat=1, kernels="both", shape="flat")
+    assert [(r["codec"], r["kernels"]) for r in rows] == [
+        ("q:bits=4", "off"), ("q:bits=4", "on"), ("topk:ratio=0.01", "off"), ("topk:ratio=0.01", "on")]
+    assert rows[0]["bytes"] == rows[1]["bytes"] and rows[0]["rel_l2_error"] == rows[1]["rel_l2_error"]
+    assert rows[0]["path"].startswith("numpy") and len({r["copy_ms"] for r in rows}) == 1
+
+
+def test_device_option():
+    import torch
+
+    res = _invoke("codecs", "--size", "1000", "--codec", "sign", "--device", "tpu")
+    assert res.exit_code != 0 and "cpu" in res.output
+    res = _invoke("codecs", "--size", "1000", "--codec", "sign", "--kernels", "sometimes")
+    assert res.exit_code != 0
+    res = _invoke("codecs", "--size", "1000", "--codec", "sign", "--device", "cuda", "--repeat", "1")
+    if torch.cuda.is_available():  # pragma: no cover - no GPU in CI
+        assert res.exit_code == 0
+    else:
+        assert res.exit_code != 0 and "CUDA is not available" in res.output
+
+
 def test_default_codecs_cover_every_family():
     stages = {s.name for spec in DEFAULT_CODECS for s in fedpress.codec(spec).stages}
     lossy = {n for n in fedpress.codecs.registry() if n not in ("ef", "zstd")}

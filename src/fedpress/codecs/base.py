@@ -83,6 +83,14 @@ class Stage:
     #: the finished body (zstd); "wrapper" wraps the whole chain (ef).
     role: ClassVar[str] = "terminal"
     stateful: ClassVar[bool] = False
+    #: Whether ``encode`` honours ``ctx.recon = False`` by returning None instead of building the
+    #: reconstruction (a full-size array nobody reads when only the blob is wanted). Stages that
+    #: need their sub-tensors' reconstructions to finish (low-rank factors) leave it False.
+    recon_optional: ClassVar[bool] = False
+    #: Whether ``encode`` raises :func:`require_finite`'s error itself for NaN or inf input, from
+    #: block statistics it computes anyway (min/max, sums, which NaN and inf always reach): the
+    #: pipeline then skips its own pass over the tensor when this stage comes first.
+    checks_finite: ClassVar[bool] = False
 
     def __init__(self, **kw):
         for key, p in self.params.items():
@@ -126,16 +134,18 @@ class Ctx:
 
     ``path`` identifies where in the chain a stage sits, so every stage gets its own random stream
     and its own state slot, derived from (seed, tensor index, path): same seed, same bytes.
+    ``recon`` says whether the caller wants the reconstruction (see :attr:`Stage.recon_optional`).
     """
 
     __slots__ = (
         "seed", "tensor_index", "name", "path", "fields", "pos", "state_in", "state_out",
-        "entropy_follows", "limits",
+        "entropy_follows", "limits", "recon",
     )
 
     def __init__(self, *, seed: int, tensor_index: int, name: str, fields: list,
                  state_in: dict | None = None, state_out: dict | None = None,
-                 entropy_follows: bool = False, limits: Limits = DEFAULT_LIMITS, path=(), pos=None):
+                 entropy_follows: bool = False, limits: Limits = DEFAULT_LIMITS, path=(), pos=None,
+                 recon: bool = True):
         self.seed = seed
         self.tensor_index = tensor_index
         self.name = name
@@ -146,12 +156,23 @@ class Ctx:
         self.state_out = state_out if state_out is not None else {}
         self.entropy_follows = entropy_follows
         self.limits = limits
+        self.recon = recon
 
-    def child(self, i: int) -> Ctx:
+    def _copy(self) -> Ctx:
         c = Ctx.__new__(Ctx)
         for s in Ctx.__slots__:
             setattr(c, s, getattr(self, s))
+        return c
+
+    def child(self, i: int) -> Ctx:
+        c = self._copy()
         c.path = self.path + (i,)
+        return c
+
+    def wanting_recon(self) -> Ctx:
+        """The same context, asking for reconstructions (same path: same randomness and state)."""
+        c = self._copy()
+        c.recon = True
         return c
 
     def deeper(self) -> Ctx:
@@ -169,7 +190,12 @@ class Ctx:
 
     # -- writing (encode)
     def write(self, b) -> None:
-        self.fields.append(bytes(b))
+        """Append one field: bytes, or an array whose raw bytes are the field (kept without a copy:
+        the blob is assembled right after encoding, and no stage touches an array it wrote)."""
+        if isinstance(b, np.ndarray):
+            self.fields.append(np.ascontiguousarray(b).reshape(-1).view(np.uint8))
+        else:
+            self.fields.append(bytes(b))
 
     # -- reading (decode)
     def read(self, expected: int | None = None, what: str = "field") -> memoryview:
@@ -186,12 +212,27 @@ class Ctx:
         return np.frombuffer(self.read(4 * count, what), "<f4").astype(np.float32)
 
 
+def require_finite(ok, ctx: Ctx) -> None:
+    """Raise the pipeline's ValueError for a tensor holding NaN or inf unless ``ok``."""
+    if not ok:
+        raise ValueError(not_finite_message(ctx.name))
+
+
+def not_finite_message(name: str) -> str:
+    return f"tensor {name or '(top level)'!r} holds NaN or inf; lossy codecs need finite values"
+
+
 def numel(shape) -> int:
     return int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
 
 
 def f32_bytes(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a, dtype="<f4").tobytes()
+
+
+def f32_field(a: np.ndarray) -> np.ndarray:
+    """``a`` as little-endian float32 for :meth:`Ctx.write`, copied only if it must be converted."""
+    return np.ascontiguousarray(a, dtype="<f4")
 
 
 def blocks_of(flat: np.ndarray, block: int) -> tuple[np.ndarray, int]:

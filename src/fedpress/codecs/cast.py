@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedpress.codecs.base import Ctx, Rest, Stage, f32_bytes, numel
+from fedpress.codecs.base import Ctx, Rest, Stage, f32_field, numel
 from fedpress.codecs.spec import register
 
 _FP16_MAX = np.float32(65504.0)
@@ -19,9 +19,10 @@ class NoneStage(Stage):
 
     name = "none"
     help = "no compression: raw float32 (the baseline)"
+    recon_optional = True
 
     def encode(self, x, ctx: Ctx, rest: Rest):
-        ctx.write(f32_bytes(x))
+        ctx.write(f32_field(x))
         return x
 
     def decode(self, shape, ctx: Ctx, rest: Rest):
@@ -41,11 +42,12 @@ class FP16(Stage):
 
     name = "fp16"
     help = "IEEE half precision (16 bits per value)"
+    recon_optional = True
 
     def encode(self, x, ctx: Ctx, rest: Rest):
         h = np.clip(x, -_FP16_MAX, _FP16_MAX).astype("<f2")
-        ctx.write(h.tobytes())
-        return h.astype(np.float32)
+        ctx.write(h)
+        return h.astype(np.float32) if ctx.recon else None
 
     def decode(self, shape, ctx: Ctx, rest: Rest):
         n = numel(shape)
@@ -75,11 +77,12 @@ class BF16(Stage):
 
     name = "bf16"
     help = "bfloat16: float32's range, 8 bits of precision (16 bits per value)"
+    recon_optional = True
 
     def encode(self, x, ctx: Ctx, rest: Rest):
         b = to_bf16_bits(x)
-        ctx.write(b.tobytes())
-        return from_bf16_bits(b).reshape(x.shape)
+        ctx.write(b)
+        return from_bf16_bits(b).reshape(x.shape) if ctx.recon else None
 
     def decode(self, shape, ctx: Ctx, rest: Rest):
         n = numel(shape)

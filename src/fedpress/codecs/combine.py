@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedpress.codecs.base import Ctx, Stage, f32_bytes, numel
+from fedpress import kernels
+from fedpress.codecs.base import Ctx, Stage, f32_field, not_finite_message, numel
 from fedpress.codecs.feedback import residual_key
 from fedpress.codecs.spec import SpecError, canonical, parse_spec
 from fedpress.wire.errors import WireError
@@ -38,7 +39,8 @@ from fedpress.wire.format import (
 @dataclass
 class Encoded:
     """Everything one encode produced: the blob, the new codec state, what the decoder will see
-    (``recon``, same structure as the input) and how many of the blob's bytes are header."""
+    (``recon``, same structure as the input; None when encoded with ``recon=False``) and how many
+    of the blob's bytes are header."""
 
     blob: bytes
     state: dict
@@ -63,11 +65,13 @@ def mask_digest(masks: Mapping[str, np.ndarray]) -> bytes:
     return h.digest()
 
 
-def _encode_chain(stages: list[Stage], i: int, x: np.ndarray, ctx: Ctx) -> np.ndarray:
+def _encode_chain(stages: list[Stage], i: int, x: np.ndarray, ctx: Ctx) -> np.ndarray | None:
     if i == len(stages):  # end of chain: whatever is left travels as float32
-        ctx.write(f32_bytes(x))
-        return np.asarray(x, np.float32)
+        ctx.write(f32_field(x))
+        return np.asarray(x, np.float32) if ctx.recon else None
     nxt = stages[i]
+    if not ctx.recon and not nxt.recon_optional:
+        ctx = ctx.wanting_recon()  # it needs its sub-tensors' reconstructions to finish
 
     def rest(subs):
         return [
@@ -127,6 +131,8 @@ class Codec:
         return {}
 
     def encode(self, obj, state: dict | None = None, *, seed: int = 0, **kw) -> tuple[bytes, dict]:
+        # The reconstruction is built only when the new state needs it (error feedback).
+        kw.setdefault("recon", self.error_feedback)
         e = self.encode_ex(obj, state, seed=seed, **kw)
         return e.blob, e.state
 
@@ -139,6 +145,7 @@ class Codec:
         structure: str = "full",
         masks: Mapping[str, np.ndarray] | None = None,
         spec_ref: bool = False,
+        recon: bool = True,
     ) -> Encoded:
         """Encode and also return the reconstruction the decoder will produce.
 
@@ -146,26 +153,31 @@ class Codec:
         (the receiver passes the agreed structure to ``decompress``); ``spec_ref=True`` likewise sends
         a 4-byte digest of the spec (the receiver passes ``specs=``). ``masks`` (name → bool array,
         True = kept) skips pruned coordinates entirely; the decoder needs the same masks.
+        ``recon=False`` skips building the reconstruction (``Encoded.recon`` is None): the blob is
+        the same, and :func:`compress` saves a full-size write. Error feedback always builds it.
         """
         if structure not in ("full", "fingerprint"):
             raise ValueError(f"structure must be 'full' or 'fingerprint', got {structure!r}")
         if not isinstance(seed, int | np.integer) or not 0 <= int(seed) < 1 << 64:
             raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         seed = int(seed) if self.needs_seed else 0
+        recon = recon or self.error_feedback
         st = Structure.of(obj)
         values = [obj[t.name] for t in st.tensors] if st.is_dict else [obj]
         state_in = dict(state) if state else {}
         state_out: dict = {}
         masks = _check_masks(masks, st)
-        fields: list[bytes] = []
-        recon = []
+        fields: list = []
+        outs: list = []
         for ti, (ts, v) in enumerate(zip(st.tensors, values, strict=True)):
             a = to_numpy(v)
             if not ts.is_float or self.raw:
                 m = masks.get(ts.name) if masks and ts.is_float else None
                 if m is None:
-                    fields.append(np.ascontiguousarray(a, _native(ts)).tobytes())
-                    recon.append(from_numpy(a, ts))
+                    # The array's own bytes become the field: write_blob copies them once, into
+                    # the blob (a .tobytes() here was a second full copy).
+                    fields.append(np.ascontiguousarray(a, _native(ts)).reshape(-1).view(np.uint8))
+                    outs.append(from_numpy(a, ts) if recon else None)
                 else:
                     # Pruned coordinates cost no bytes in every pipeline, the raw baseline included
                     # (they used to travel in full under "none" although the blob declared masks).
@@ -173,23 +185,32 @@ class Codec:
                     fields.append(flat[m].tobytes())
                     kept = np.zeros_like(flat)
                     kept[m] = flat[m]
-                    recon.append(from_numpy(kept.reshape(a.shape), ts))
+                    outs.append(from_numpy(kept.reshape(a.shape), ts))
                 continue
             x = a.astype(np.float32, copy=False)
-            if not np.isfinite(x.sum(dtype=np.float64)):
-                raise ValueError(f"tensor {ts.name or '(top level)'!r} holds NaN or inf; lossy codecs need finite values")
+            m = masks.get(ts.name) if masks else None
+            # A first stage that sees the whole tensor and checks it on its own (q, sign, qsgd,
+            # ternary: their min/max or sums see every NaN and inf) saves a full pass here.
+            delegated = m is None and not self.error_feedback and self.lossy[0].checks_finite
+            if not delegated and not _all_finite(x):
+                raise ValueError(not_finite_message(ts.name))
             if self.error_feedback:
                 e = state_in.get(residual_key(ts.name))
                 x = x + e if e is not None and e.shape == x.shape else x.copy()
-            m = masks.get(ts.name) if masks else None
             ctx = Ctx(seed=seed, tensor_index=ti, name=ts.name, fields=fields, state_in=state_in,
-                      state_out=state_out, entropy_follows=self.zstd_level is not None)
+                      state_out=state_out, entropy_follows=self.zstd_level is not None, recon=recon)
             if m is None:
                 r = _encode_chain(self.lossy, 0, x, ctx)
             else:
-                r = np.zeros(x.size, np.float32)
-                r[m] = _encode_chain(self.lossy, 0, x.ravel()[m], ctx)
-                r = r.reshape(x.shape)
+                kept = _encode_chain(self.lossy, 0, x.ravel()[m], ctx)
+                r = None
+                if kept is not None:
+                    r = np.zeros(x.size, np.float32)
+                    r[m] = kept
+                    r = r.reshape(x.shape)
+            if not recon:
+                outs.append(None)
+                continue
             rec = from_numpy(r, ts)
             if self.error_feedback:
                 # The server sees the reconstruction cast back to the tensor's dtype (fp16, bf16,
@@ -197,17 +218,35 @@ class Codec:
                 # otherwise the cast's rounding is silently lost instead of fed back.
                 seen = r if ts.dtype == "float32" else to_numpy(rec).astype(np.float32)
                 state_out[residual_key(ts.name)] = (x - seen).astype(np.float32)
-            recon.append(rec)
+            outs.append(rec)
         blob, header = write_blob(
             self.spec, seed, st, fields, by_fingerprint=structure == "fingerprint",
             zstd_level=self.zstd_level, mask_digest=mask_digest(masks) if masks else None,
             spec_ref=spec_ref,
         )
-        out = dict(zip([t.name for t in st.tensors], recon, strict=True)) if st.is_dict else recon[0]
+        if not recon:
+            out = None
+        elif st.is_dict:
+            out = dict(zip([t.name for t in st.tensors], outs, strict=True))
+        else:
+            out = outs[0]
         return Encoded(blob, {**state_in, **state_out}, out, header)
 
     def decode(self, blob: bytes, **kw):
         return decompress(blob, **kw)
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    k = kernels.cpu()
+    if k is not None:  # one threaded pass testing exponent bits
+        return k.all_finite(x)
+    # A float32 sum is NaN or inf whenever any value is (NaN and inf propagate through additions),
+    # and costs a quarter of np.isfinite(x).all(); only when it overflows on finite values does the
+    # exact check run.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(x.reshape(-1))):
+            return True
+    return bool(np.isfinite(x).all())
 
 
 def _check_masks(masks, st: Structure) -> dict[str, np.ndarray]:
@@ -246,6 +285,7 @@ def compress(obj, spec: str = "none", seed: int = 0, **kw) -> bytes:
     >>> len(fedpress.compress(x, "none")) > len(fedpress.compress(x, "q:bits=4"))
     True
     """
+    kw.setdefault("recon", False)  # only the blob is returned: skip the reconstruction
     return Codec(spec).encode_ex(obj, None, seed=seed, **kw).blob
 
 

@@ -3,14 +3,30 @@
 Codes are bit-packed: n-bit codes really take n bits (plus per-block scales). When a lossless
 entropy stage follows, odd widths (3, 5, 6, 7 bits) are stored one per byte instead so zstd sees
 whole symbols.
+
+The NumPy code here is the definition of each codec. When :func:`fedpress.kernels.cpu` returns the
+compiled kernels, encode and decode hand the per-value loops to them instead; they produce the same
+bytes and the same reconstruction (``tests/kernels``). Random draws are made here either way and
+passed in, so the seed means the same thing on both paths.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from fedpress import kernels
 from fedpress.codecs._bits import pack_codes, pack_trits, packed_len, unpack_codes, unpack_trits
-from fedpress.codecs.base import Ctx, Param, Stage, blocks_of, f32_bytes, n_blocks, numel
+from fedpress.codecs._reduce import block_counts, block_shape, block_sums
+from fedpress.codecs.base import (
+    Ctx,
+    Param,
+    Stage,
+    blocks_of,
+    f32_field,
+    n_blocks,
+    numel,
+    require_finite,
+)
 from fedpress.codecs.spec import register
 from fedpress.wire.errors import WireError
 
@@ -26,9 +42,21 @@ def _write_codes(codes: np.ndarray, bits: int, ctx: Ctx) -> None:
 def _read_codes(n: int, bits: int, ctx: Ctx, what: str) -> np.ndarray:
     sb = _store_bits(bits, ctx)
     codes = unpack_codes(ctx.read(packed_len(n, sb), what), n, sb)
-    if sb != bits and codes.size and codes.max() >= (1 << bits):
-        raise WireError(f"{what}: code out of range for {bits} bits")
+    _check_top(int(codes.max()) if codes.size else 0, bits, sb, what)
     return codes
+
+
+def _check_top(top: int, bits: int, sb: int, what: str) -> None:
+    if sb != bits and top >= (1 << bits):
+        raise WireError(f"{what}: code out of range for {bits} bits")
+
+
+def _recon(rec, shape):
+    return None if rec is None else rec.reshape(shape)
+
+
+def _all_finite(*arrays) -> bool:
+    return all(bool(np.isfinite(a).all()) for a in arrays)
 
 
 # ----------------------------------------------------------------------------- fixed
@@ -98,38 +126,71 @@ class Fixed(Stage):
 
     needs_seed = unbiased
 
+    recon_optional = True
+
     def encode(self, x, ctx, rest):
         u = ctx.rng().random(x.size) if self.rounding == "stochastic" else None
+        k = kernels.cpu()
+        if k is not None:
+            packed, rec = k.fixed_encode(x.ravel(), self.bits, self.lo, self.hi, self.rounding,
+                                         _store_bits(self.bits, ctx), u, ctx.recon)
+            ctx.write(packed)
+            return _recon(rec, x.shape)
         lev, rec = fixed_quantize(x.ravel(), self.bits, self.lo, self.hi, self.rounding, u)
         _write_codes(lev, self.bits, ctx)
         return rec.reshape(x.shape)
 
     def decode(self, shape, ctx, rest):
+        k = kernels.cpu()
+        if k is not None:
+            n, sb = numel(shape), _store_bits(self.bits, ctx)
+            buf = ctx.read(packed_len(n, sb), "fixed codes")
+            out, top = k.fixed_decode(buf, n, self.bits, sb, self.lo, self.hi)
+            _check_top(top, self.bits, sb, "fixed codes")
+            return out.reshape(shape)
         lev = _read_codes(numel(shape), self.bits, ctx, "fixed codes")
         return fixed_dequantize(lev, self.bits, self.lo, self.hi).reshape(shape)
 
 
 # ----------------------------------------------------------------------------- q (dynamic)
-def _q_encode(x2: np.ndarray, bits: int, mode: str, u):
-    """Per-block quantisation of an (nb, B) float32 array → (codes, lo, scale)."""
+def q_params(mn: np.ndarray, mx: np.ndarray, bits: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-block (lo, scale) of q from the blocks' min and max.
+
+    >>> lo, scale = q_params(np.float32([-1.0]), np.float32([3.0]), 2, "minmax")
+    >>> lo.tolist(), scale.tolist()
+    ([-1.0], [1.3333333730697632])
+    """
     if mode == "minmax":
-        lo = x2.min(axis=1)
-        scale = (x2.max(axis=1) - lo) / np.float32((1 << bits) - 1)
+        # + 0.0 turns -0.0 into +0.0: which zero min()/max() return for a block holding both is
+        # unspecified, and it would show in the stored bits of lo (and of scale).
+        lo = np.asarray(mn, np.float32) + np.float32(0.0)
+        scale = ((np.asarray(mx, np.float32) + np.float32(0.0)) - lo) / np.float32((1 << bits) - 1)
     else:  # absmax: symmetric grid, zero exactly representable
         half = np.float32((1 << (bits - 1)) - 1)
-        scale = (x2.__abs__().max(axis=1) / half).astype(np.float32)
+        absmax = np.maximum(np.abs(np.asarray(mn, np.float32)), np.abs(np.asarray(mx, np.float32)))
+        scale = (absmax / half).astype(np.float32)
         # Only the scale travels: use the decoder's own lo (-scale·half, which can differ from
         # -absmax in the last bit) so the reconstruction is exactly what decode returns and the
         # middle code decodes to exactly 0.
         lo = -scale * half
-    scale = scale.astype(np.float32)
-    lo = lo.astype(np.float32)
+    return lo.astype(np.float32), scale.astype(np.float32)
+
+
+def _q_top(bits: int, mode: str) -> int:
+    return (1 << bits) - 1 if mode == "minmax" else 2 * ((1 << (bits - 1)) - 1)
+
+
+def _q_encode(x2: np.ndarray, bits: int, mode: str, u, stats=None):
+    """Per-block quantisation of an (nb, B) float32 array → (codes, lo, scale)."""
+    mn, mx = stats if stats is not None else (x2.min(axis=1), x2.max(axis=1))
+    lo, scale = q_params(mn, mx, bits, mode)
     # Divide rather than multiply by 1/scale: for tiny (subnormal) scales 1/scale overflows to inf
     # in float32 and the codes became garbage. A zero scale means a constant block (all codes 0).
     v = (x2 - lo[:, None]) / np.where(scale > 0, scale, np.float32(1))[:, None]
     v = np.floor(v + u.reshape(v.shape)) if u is not None else np.rint(v)
-    top = (1 << bits) - 1 if mode == "minmax" else 2 * ((1 << (bits - 1)) - 1)
-    codes = np.clip(v, 0, top).astype(np.uint8)
+    # fmax, not clip: a NaN (inf/inf from a range that overflows float32) becomes code 0 by
+    # definition instead of by an undefined float→int cast.
+    codes = np.minimum(np.fmax(v, np.float32(0)), np.float32(_q_top(bits, mode))).astype(np.uint8)
     return codes, lo, scale
 
 
@@ -173,14 +234,26 @@ class Q(Stage):
         return self.stochastic
 
     needs_seed = unbiased
+    recon_optional = True
+    checks_finite = True
 
-    def _encode_bits(self, x2, bits, ctx):
+    def _encode_bits(self, x2, bits, ctx, stats=None):
         u = ctx.rng(bits).random(x2.shape, dtype=np.float32) if self.stochastic else None
-        return _q_encode(x2, bits, self.mode, u)
+        return _q_encode(x2, bits, self.mode, u, stats)
 
     def encode(self, x, ctx, rest):
+        k = kernels.cpu()
+        if k is not None and self.target == 0:
+            return self._encode_kernel(k, x, ctx)
+        # The target search (several widths, each with its error) stays on the reference path.
         x2, n = blocks_of(x.ravel(), self.block)
         bits = self.bits
+        stats = None
+        if self.target > 0:
+            require_finite(_all_finite(x2), ctx)
+        else:  # min/max are NaN or ±inf exactly when the block holds such a value
+            stats = (x2.min(axis=1), x2.max(axis=1))
+            require_finite(_all_finite(*stats), ctx)
         if self.target > 0 and n:
             norm = float(np.linalg.norm(x))
             lo_bits = 2 if self.mode == "absmax" else 1
@@ -195,12 +268,31 @@ class Q(Stage):
             ctx.write(bytes([bits]))
             codes, lo, scale = self._encode_bits(x2, bits, ctx)
         else:
-            codes, lo, scale = self._encode_bits(x2, bits, ctx)
+            codes, lo, scale = self._encode_bits(x2, bits, ctx, stats)
         if self.mode == "minmax":
-            ctx.write(f32_bytes(lo))
-        ctx.write(f32_bytes(scale))
+            ctx.write(f32_field(lo))
+        ctx.write(f32_field(scale))
         _write_codes(codes.ravel()[:n], bits, ctx)
+        if not ctx.recon:
+            return None
         return _q_decode(codes, lo, scale).ravel()[:n].reshape(x.shape)
+
+    def _encode_kernel(self, k, x, ctx):
+        flat = x.ravel()
+        bits = self.bits
+        u = None
+        if self.stochastic:  # the reference's draws: same generator, same (blocks, block) shape
+            u = ctx.rng(bits).random(block_shape(flat.size, self.block), dtype=np.float32)
+        mn, mx = k.block_minmax(flat, self.block)
+        require_finite(_all_finite(mn, mx), ctx)
+        lo, scale = q_params(mn, mx, bits, self.mode)
+        packed, rec = k.q_encode(flat, self.block, lo, scale, _q_top(bits, self.mode),
+                                 _store_bits(bits, ctx), u, ctx.recon)
+        if self.mode == "minmax":
+            ctx.write(lo)
+        ctx.write(scale)
+        ctx.write(packed)
+        return _recon(rec, x.shape)
 
     def decode(self, shape, ctx, rest):
         n = numel(shape)
@@ -216,6 +308,14 @@ class Q(Stage):
         else:
             scale = ctx.read_f32(nb, "q block scales")
             lo = -scale * np.float32((1 << (bits - 1)) - 1)
+        k = kernels.cpu()
+        if k is not None:
+            sb = _store_bits(bits, ctx)
+            out, top = k.q_decode(ctx.read(packed_len(n, sb), "q codes"), n, self.block, sb, lo, scale)
+            _check_top(top, bits, sb, "q codes")
+            if self.mode == "absmax" and top > 2 * ((1 << (bits - 1)) - 1):
+                raise WireError("q codes out of range")
+            return out.reshape(shape)
         codes = _read_codes(n, bits, ctx, "q codes")
         if self.mode == "absmax" and codes.size and codes.max() > 2 * ((1 << (bits - 1)) - 1):
             raise WireError("q codes out of range")
@@ -248,6 +348,8 @@ class QSGD(Stage):
         return True
 
     needs_seed = unbiased
+    recon_optional = True
+    checks_finite = True
 
     @property
     def bits(self) -> int:
@@ -258,32 +360,49 @@ class QSGD(Stage):
         return (codes2.astype(np.float32) - s) * (norm / s)[:, None]
 
     def encode(self, x, ctx, rest):
-        x2, n = blocks_of(x.ravel(), self.block)
+        flat = x.ravel()
+        n = flat.size
         if n == 0:
             ctx.write(b"")
             ctx.write(b"")
             return x.copy()
-        norm = np.sqrt(np.einsum("ij,ij->i", x2, x2, dtype=np.float64)).astype(np.float32)
-        # Padded tails repeat the last value; recompute the true norm of the last block.
-        nb, bsz = x2.shape
-        if nb * bsz != n:
-            tail = x.ravel()[(nb - 1) * bsz :]
-            norm[-1] = np.float32(np.sqrt(np.dot(tail.astype(np.float64), tail)))
+        k = kernels.cpu()
+        # The block L2 norm, summed in the fixed order of codecs._reduce (both paths).
+        sums = (k.block_sums if k else block_sums)(flat, self.block, True)
+        require_finite(_all_finite(sums), ctx)  # float64 sums of finite float32 never overflow
+        norm = np.sqrt(sums).astype(np.float32)
+        u = ctx.rng().random(block_shape(n, self.block), dtype=np.float32)
+        ctx.write(norm)
+        if k is not None:
+            packed, rec = k.qsgd_encode(flat, self.block, norm, self.levels,
+                                        _store_bits(self.bits, ctx), u, ctx.recon)
+            ctx.write(packed)
+            return _recon(rec, x.shape)
+        x2, _ = blocks_of(flat, self.block)
         s = np.float32(self.levels)
         # |g|/‖g‖ ≤ 1, then ·s: never s/‖g‖, which overflows to inf for tiny norms (and 0·inf = NaN
         # gave zeros a negative code).
         mag = np.abs(x2) / np.where(norm > 0, norm, np.float32(1))[:, None] * s
-        u = ctx.rng().random(x2.shape, dtype=np.float32)
         lev = np.minimum(np.floor(mag + u), s)
         codes = (np.where(x2 < 0, -lev, lev) + s).astype(np.uint8)
-        ctx.write(f32_bytes(norm))
         _write_codes(codes.ravel()[:n], self.bits, ctx)
+        if not ctx.recon:
+            return None
         return self._dequant(codes, norm).ravel()[:n].reshape(x.shape)
 
     def decode(self, shape, ctx, rest):
         n = numel(shape)
         nb = n_blocks(n, self.block)
         norm = ctx.read_f32(nb, "qsgd norms")
+        k = kernels.cpu()
+        if k is not None:
+            sb = _store_bits(self.bits, ctx)
+            out, top = k.qsgd_decode(ctx.read(packed_len(n, sb), "qsgd codes"), n, self.block, sb,
+                                     norm, self.levels)
+            _check_top(top, self.bits, sb, "qsgd codes")
+            if top > 2 * self.levels:
+                raise WireError("qsgd code out of range")
+            return out.reshape(shape)
         codes = _read_codes(n, self.bits, ctx, "qsgd codes")
         if n == 0:
             return np.zeros(shape, np.float32)
@@ -307,26 +426,31 @@ class Sign(Stage):
     name = "sign"
     help = "1-bit sign + mean-|g| scale per block (block=0: per tensor); use with ef"
     params = {"block": Param(int, 0, "values per scale block (0 = whole tensor)", lo=0, hi=1 << 24)}
+    recon_optional = True
+    checks_finite = True
 
     def encode(self, x, ctx, rest):
         flat = x.ravel()
-        x2, n = blocks_of(flat, self.block)
-        nb = x2.shape[0]
+        n = flat.size
         if n == 0:
             ctx.write(b"")
             ctx.write(b"")
             return x.copy()
-        bsz = x2.shape[1]
-        a = np.abs(x2).sum(axis=1, dtype=np.float64)
-        if nb * bsz != n:  # padded tail: scale over the real values only
-            a[-1] = np.abs(flat[(nb - 1) * bsz :]).sum(dtype=np.float64)
-        counts = np.full(nb, bsz, np.float64)
-        counts[-1] = n - (nb - 1) * bsz
-        scale = (a / counts).astype(np.float32)
+        k = kernels.cpu()
+        # mean |g| per block, summed in the fixed order of codecs._reduce (both paths)
+        sums = (k.block_sums if k else block_sums)(flat, self.block)
+        require_finite(_all_finite(sums), ctx)  # float64 sums of finite float32 never overflow
+        scale = (sums / block_counts(n, self.block)).astype(np.float32)
+        ctx.write(scale)
+        if k is not None:
+            packed, rec = k.sign_encode(flat, self.block, scale, ctx.recon)
+            ctx.write(packed)
+            return _recon(rec, x.shape)
         bits = (flat >= 0).astype(np.uint8)
-        ctx.write(f32_bytes(scale))
         ctx.write(pack_codes(bits, 1))
-        return self._dequant(bits, scale, n, bsz).reshape(x.shape)
+        if not ctx.recon:
+            return None
+        return self._dequant(bits, scale, n, block_shape(n, self.block)[1]).reshape(x.shape)
 
     @staticmethod
     def _dequant(bits, scale, n, bsz):
@@ -337,6 +461,9 @@ class Sign(Stage):
         n = numel(shape)
         nb = n_blocks(n, self.block)
         scale = ctx.read_f32(nb, "sign scales")
+        k = kernels.cpu()
+        if k is not None:
+            return k.sign_decode(ctx.read(packed_len(n, 1), "sign bits"), n, self.block, scale).reshape(shape)
         bits = unpack_codes(ctx.read(packed_len(n, 1), "sign bits"), n, 1)
         if n == 0:
             return np.zeros(shape, np.float32)
@@ -362,21 +489,37 @@ class Ternary(Stage):
         return True
 
     needs_seed = unbiased
+    recon_optional = True
+    checks_finite = True
 
     def encode(self, x, ctx, rest):
         flat = x.ravel()
-        x2, n = blocks_of(flat, self.block)
+        n = flat.size
         if n == 0:
             ctx.write(b"")
             ctx.write(b"")
             return x.copy()
+        k = kernels.cpu()
+        if k is not None:
+            mn, mx = k.block_minmax(flat, self.block)
+            require_finite(_all_finite(mn, mx), ctx)
+            s = np.maximum(np.abs(mn), np.abs(mx))  # = max |g|, exactly
+            u = ctx.rng().random(n, dtype=np.float32)
+            packed, rec = k.ternary_encode(flat, self.block, s, u, ctx.recon)
+            ctx.write(s)
+            ctx.write(packed)
+            return _recon(rec, x.shape)
+        x2, _ = blocks_of(flat, self.block)
         s = np.abs(x2).max(axis=1).astype(np.float32)
+        require_finite(_all_finite(s), ctx)  # max propagates NaN and inf
         # |g|/s ≤ 1 by division (1/s overflows to inf for tiny s, which kept every value)
         p = (np.abs(x2) / np.where(s > 0, s, np.float32(1))[:, None]).ravel()[:n]
         keep = ctx.rng().random(n, dtype=np.float32) < p
         trits = np.where(keep, np.where(flat > 0, 1, 2), 0).astype(np.uint8)
-        ctx.write(f32_bytes(s))
+        ctx.write(s)
         ctx.write(pack_trits(trits))
+        if not ctx.recon:
+            return None
         return self._dequant(trits, s, n, x2.shape[1]).reshape(x.shape)
 
     @staticmethod
@@ -389,6 +532,15 @@ class Ternary(Stage):
         n = numel(shape)
         nb = n_blocks(n, self.block)
         s = ctx.read_f32(nb, "ternary scales")
+        k = kernels.cpu()
+        if k is not None:
+            buf = ctx.read(None, "ternary trits")
+            if len(buf) != -(-n // 5):
+                raise WireError(f"trits: expected {-(-n // 5)} bytes for {n} values, got {len(buf)}")
+            out, top = k.ternary_decode(buf, n, self.block, s)
+            if top >= 243:
+                raise WireError("trits: byte out of range")
+            return out.reshape(shape)
         trits = unpack_trits(ctx.read(None, "ternary trits"), n)
         if n == 0:
             return np.zeros(shape, np.float32)

@@ -2,6 +2,8 @@
 
 The kept values become a sub-tensor that the rest of the chain compresses further
 (``topk:ratio=0.01+q:bits=8``). Indices travel as delta-varints or as a bitmap, whichever is smaller.
+Top-k's selection, threshold's scan and the varint coding run in :mod:`fedpress.kernels` when it is
+enabled, with the same result as the NumPy definitions here.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import math
 
 import numpy as np
 
+from fedpress import kernels
 from fedpress.codecs._bits import varint_decode, varint_encode
-from fedpress.codecs.base import Ctx, Param, Stage, numel
+from fedpress.codecs.base import Ctx, Param, Stage, numel, require_finite
 from fedpress.codecs.spec import register
 from fedpress.wire.errors import WireError
 
@@ -20,14 +23,26 @@ _VARINT, _BITMAP = 0, 1
 
 def write_indices(ctx: Ctx, idx: np.ndarray, n: int) -> None:
     """Sorted unique indices in [0, n): one mode byte, then gaps−1 as varints or an n-bit bitmap."""
+    k = kernels.cpu()
+    if k is not None:
+        v = k.varint_indices_encode(idx, n)
+        if v is not None:
+            ctx.write(v)
+            return
+        _write_bitmap(ctx, idx, n)
+        return
     gaps = np.diff(idx, prepend=-1) - 1
     v = varint_encode(gaps)
     if len(v) <= (n + 7) // 8:
         ctx.write(bytes([_VARINT]) + v)
     else:
-        bm = np.zeros(n, np.uint8)
-        bm[idx] = 1
-        ctx.write(bytes([_BITMAP]) + np.packbits(bm, bitorder="little").tobytes())
+        _write_bitmap(ctx, idx, n)
+
+
+def _write_bitmap(ctx: Ctx, idx: np.ndarray, n: int) -> None:
+    bm = np.zeros(n, np.uint8)
+    bm[idx] = 1
+    ctx.write(bytes([_BITMAP]) + np.packbits(bm, bitorder="little").tobytes())
 
 
 def read_indices(ctx: Ctx, n: int, k: int | None = None) -> np.ndarray:
@@ -35,7 +50,10 @@ def read_indices(ctx: Ctx, n: int, k: int | None = None) -> np.ndarray:
     if len(f) < 1:
         raise WireError(f"indices of tensor {ctx.name!r}: missing mode byte")
     mode, body = f[0], f[1:]
-    if mode == _VARINT:
+    kern = kernels.cpu()
+    if mode == _VARINT and kern is not None:
+        idx = _varint_indices_kernel(kern, body, n, k, ctx)
+    elif mode == _VARINT:
         gaps = varint_decode(body, k, max_value=n)
         idx = np.cumsum(gaps.astype(np.int64) + 1) - 1
         if idx.size and idx[-1] >= n:
@@ -52,6 +70,28 @@ def read_indices(ctx: Ctx, n: int, k: int | None = None) -> np.ndarray:
     return idx
 
 
+def _varint_indices_kernel(kern, body, n: int, k: int | None, ctx: Ctx) -> np.ndarray:
+    # The checks of varint_decode, in its order, around the kernel that decodes and sums the gaps.
+    b = np.frombuffer(body, np.uint8)
+    if b.size == 0:
+        if k:
+            raise WireError(f"varints: expected {k} values, got 0")
+        return np.zeros(0, np.int64)
+    if b[-1] >= 0x80:
+        raise WireError("varints: truncated last value")
+    count = int(np.count_nonzero(b < 0x80))
+    if k is not None and count != k:
+        raise WireError(f"varints: expected {k} values, got {count}")
+    idx, too_long, big = kern.varint_indices_decode(b, count)
+    if too_long:
+        raise WireError("varints: value too long")
+    if big > n:
+        raise WireError("varints: value out of range")
+    if idx.size and idx[-1] >= n:
+        raise WireError(f"indices of tensor {ctx.name!r} exceed its size {n}")
+    return idx
+
+
 def _scatter(n: int, idx: np.ndarray, vals: np.ndarray, shape) -> np.ndarray:
     out = np.zeros(n, np.float32)
     out[idx] = vals
@@ -64,13 +104,23 @@ def keep_count(n: int, ratio: float) -> int:
 
 
 def topk_indices(flat: np.ndarray, k: int) -> np.ndarray:
-    """Sorted indices of the k largest |values| (ties broken by position, deterministically)."""
+    """Sorted indices of the k largest |values|; among values tied with the k-th largest, the
+    lowest indices win (a rule a threshold-and-compact kernel can follow exactly).
+
+    >>> topk_indices(np.array([1, -3, 2, 3, 0, -2], np.float32), 3).tolist()
+    [1, 2, 3]
+    """
     n = flat.size
     if k >= n:
         return np.arange(n)
+    kern = kernels.cpu()
+    if kern is not None:
+        return kern.topk_indices(flat, k)
     a = np.abs(flat)
-    part = np.argpartition(a, n - k)[n - k :]
-    return np.sort(part)
+    t = np.partition(a, n - k)[n - k]  # the k-th largest |value|
+    above = np.flatnonzero(a > t)
+    ties = np.flatnonzero(a == t)[: k - above.size]
+    return np.sort(np.concatenate([above, ties]))
 
 
 @register
@@ -85,13 +135,22 @@ class TopK(Stage):
     help = "top-k sparsification per tensor: ratio=r (indices delta-varint or bitmap); use with ef"
     role = "transform"
     params = {"ratio": Param(float, 0.01, "fraction of values kept", lo=0.0, hi=1.0, lo_open=True)}
+    recon_optional = True
+    checks_finite = True
 
     def encode(self, x, ctx, rest):
         flat = x.ravel()
-        idx = topk_indices(flat, keep_count(flat.size, self.ratio))
+        k = keep_count(flat.size, self.ratio)
+        kern = kernels.cpu()
+        if kern is not None:  # its counting pass checks finiteness on the way
+            idx, finite = kern.topk_checked(flat, k)
+            require_finite(finite, ctx)
+        else:
+            require_finite(bool(np.isfinite(flat).all()), ctx)
+            idx = topk_indices(flat, k)
         write_indices(ctx, idx, flat.size)
         (vals,) = rest([flat[idx]])
-        return _scatter(flat.size, idx, vals, x.shape)
+        return None if vals is None else _scatter(flat.size, idx, vals, x.shape)
 
     def decode(self, shape, ctx, rest):
         n = numel(shape)
@@ -117,6 +176,7 @@ class RandK(Stage):
         "ratio": Param(float, 0.01, "fraction of values kept", lo=0.0, hi=1.0, lo_open=True),
         "unbiased": Param(bool, False, "rescale by n/k so the estimate is unbiased"),
     }
+    recon_optional = True
 
     @property
     def unbiased(self):  # the parameter of the same name (stored in __dict__ by Stage.__init__)
@@ -133,6 +193,8 @@ class RandK(Stage):
         return np.sort(ctx.rng().choice(n, size=k, replace=False))
 
     def _finish(self, n, idx, vals, shape):
+        if vals is None:  # no reconstruction wanted (ctx.recon False)
+            return None
         out = _scatter(n, idx, vals, shape)
         if self.unbiased and idx.size:
             out *= np.float32(n / idx.size)
@@ -162,13 +224,18 @@ class Threshold(Stage):
     help = "keep values with |g| >= tau (count varies per round): tau=t"
     role = "transform"
     params = {"tau": Param(float, 1e-3, "magnitude threshold", lo=0.0)}
+    recon_optional = True
 
     def encode(self, x, ctx, rest):
         flat = x.ravel()
-        idx = np.flatnonzero(np.abs(flat) >= np.float32(self.tau))
+        k = kernels.cpu()
+        if k is not None:
+            idx = k.indices_ge(flat, np.float32(self.tau))
+        else:
+            idx = np.flatnonzero(np.abs(flat) >= np.float32(self.tau))
         write_indices(ctx, idx, flat.size)
         (vals,) = rest([flat[idx]])
-        return _scatter(flat.size, idx, vals, x.shape)
+        return None if vals is None else _scatter(flat.size, idx, vals, x.shape)
 
     def decode(self, shape, ctx, rest):
         n = numel(shape)

@@ -20,13 +20,20 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fedpress.wire.errors import WireError
+
+try:
+    # The same CRC-32 as zlib.crc32 (same polynomial, same values), computed with ISA-L's
+    # carry-less-multiply code at ~15 GB/s instead of zlib's ~1-2 GB/s: on a 10 MB blob that is the
+    # difference between a rounding error and a third of the encode time.
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - isal is a dependency, but the format must not need it
+    from zlib import crc32
 
 MAGIC = b"FP"
 WIRE_VERSION = 1
@@ -347,7 +354,7 @@ def write_blob(
     parts.insert(0, bytes(head))
     crc = 0
     for part in parts:
-        crc = zlib.crc32(part, crc)
+        crc = crc32(part, crc)
     parts.append(struct.pack("<I", crc))
     return b"".join(parts), len(head) + table_in_header + 4
 
@@ -383,7 +390,7 @@ def read_blob(
     if mv[2] != WIRE_VERSION:
         raise WireError(f"unsupported wire version {mv[2]} (this fedpress reads {WIRE_VERSION})")
     (crc,) = struct.unpack("<I", mv[n - 4 :])
-    if zlib.crc32(mv[: n - 4]) != crc:
+    if crc32(mv[: n - 4]) != crc:
         raise WireError("checksum mismatch: blob corrupted or truncated")
     r = ByteReader(mv, 3, n - 4)
     flags = r.u8("flags")
