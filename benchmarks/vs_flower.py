@@ -27,17 +27,16 @@ Every number is measured in this run; on a busy machine rerun and compare.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from fedpress.integrations.processes import free_port, stop_process_group, wait_port
 
 SEED, CLIENTS, ALPHA, PER_ROUND = 0, 20, 0.5, 10
 BIN = Path(sys.executable).parent
@@ -217,38 +216,6 @@ def main(grid: Grid, context: Context) -> None:
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"flower-superlink exited with {proc.returncode}")
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop a process started in its own session, and everything it started, by process group."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def run_flower(rounds: int, workers: int, keep: Path | None = None) -> dict:
@@ -266,7 +233,7 @@ def run_flower(rounds: int, workers: int, keep: Path | None = None) -> dict:
            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": "1", "RAY_DISABLE_USAGE_STATS": "1"}
-    port = _free_port()  # the SuperLink's one HTTP API: Control, Fleet, ServerAppIo
+    port = free_port()  # the SuperLink's one HTTP API: Control, Fleet, ServerAppIo
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{port}"\n'
         "insecure = true\n")
@@ -279,7 +246,7 @@ def run_flower(rounds: int, workers: int, keep: Path | None = None) -> dict:
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=tmp,
         start_new_session=True)
     try:
-        _wait_port(port, link, 120)
+        wait_port(port, link, 120)
         link_s = time.perf_counter() - t0
         fed = (f"num-supernodes={CLIENTS} client-resources-num-cpus=1 init-args-num-cpus={workers} "
                "init-args-log-to-driver=false")
@@ -295,7 +262,7 @@ def run_flower(rounds: int, workers: int, keep: Path | None = None) -> dict:
             raise RuntimeError(f"flwr run failed ({run.returncode}); logs in {tmp}\n{run.stdout[-3000:]}"
                                f"\n{run.stderr[-3000:]}")
     finally:
-        _stop(link)
+        stop_process_group(link)
         log.close()
     res = json.loads(out.read_text())
     if keep is None:  # kept (with the logs) only when something failed

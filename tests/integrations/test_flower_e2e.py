@@ -10,20 +10,18 @@ whatever happens; every wait is bounded.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from fedpress.integrations.processes import free_port, stop_process_group, wait_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.flower]
 pytest.importorskip("flwr")
@@ -35,39 +33,6 @@ UP, DOWN = "ef+topk:ratio=0.01+q:bits=8", "ef+q:bits=8"
 ROUNDS, SEED, EPOCHS, LR = 3, 0, 3, 0.3  # enough local work that 1 % of the update shows in 3 rounds
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited early with {proc.returncode}")
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop a process started with start_new_session=True, and its children (SuperExec,
-    ServerApp/ClientApp processes), by its process-group id."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
-        except ProcessLookupError:
-            pass
-    with contextlib.suppress(ProcessLookupError):  # children left behind in the group
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -89,20 +54,20 @@ def deployment(tmp_path):
         return p
 
     try:
-        port = _free_port()
+        port = free_port()
         link = start("superlink", "flower-superlink", "--insecure", "--host", "127.0.0.1",
                      "--port", str(port), "--disable-runtime-dependency-installation")
-        _wait_port(port, link, 60)
+        wait_port(port, link, 60)
         for i in range(2):
             start(f"supernode{i}", "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
-                  "--port", str(_free_port()), "--node-config", f"partition-id={i} num-partitions=2")
+                  "--port", str(free_port()), "--node-config", f"partition-id={i} num-partitions=2")
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "e2e"\n\n[superlink.e2e]\naddress = "127.0.0.1:{port}"\n'
             "insecure = true\n")
         yield env, logs
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop_process_group(p)
 
 
 def _tail(logs: dict[str, Path], n: int = 4000) -> str:
