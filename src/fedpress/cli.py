@@ -165,6 +165,7 @@ def run_cmd(
     dp_adaptive: DpAdaptive = None, target_epsilon: TargetEps = None, backend: Backend = None,
     address: RayAddress = None, workers: Workers = None,
     aggregate: Aggregate = None, wait_full_deadline: WaitDeadline = None,
+    per_client_eval: Annotated[bool | None, Opt("--per-client-eval/--no-per-client-eval", help="also evaluate the global model on every client's data each round")] = None,
     checkpoint_every: Annotated[int | None, Opt("--checkpoint-every", help="checkpoint every N rounds")] = None,
     resume: Annotated[Path | None, Opt("--resume", help="resume from this run folder's checkpoint")] = None,
     out: Annotated[Path, Opt("--out", "-o", help="output folder")] = Path("results/run"),
