@@ -7,12 +7,11 @@ imported fedpress inside a notebook or a GUI session.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedpress.report.tables import higher_is_better
+from fedpress.report.tables import _finite, higher_is_better
 
 __all__ = [
     "partition_matrix",
@@ -64,23 +63,13 @@ def run_labels(runs: Sequence[Run]) -> list[str]:
     return labels
 
 
-def _num(x: Any) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _series(run: Run, xkey: str, *, positive_x: bool = False) -> tuple[list[float], list[float]]:
     """(x, metric) points of a run's history, dropping rounds without a finite metric/x."""
     xs: list[float] = []
     ys: list[float] = []
     for i, row in enumerate(run.get("history") or []):
-        x = _num(row.get(xkey, i + 1 if xkey == "round" else None))
-        y = _num(row.get("metric"))
+        x = _finite(row.get(xkey, i + 1 if xkey == "round" else None))
+        y = _finite(row.get("metric"))
         if x is None or y is None or (positive_x and x <= 0):
             continue
         xs.append(x)
@@ -270,7 +259,7 @@ def partition_matrix(
         if all(x is not None for x in lc):
             rows = [_counts_row(x) for x in lc]
         sz = [c.get("size", c.get("n", c.get("num_samples"))) for c in clients]
-        if all(_num(x) is not None for x in sz):
+        if all(_finite(x) is not None for x in sz):
             sizes = [float(x) for x in sz]
     else:
         lc = partition.get("label_counts")

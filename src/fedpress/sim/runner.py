@@ -409,24 +409,24 @@ class Simulation:
                     B[k] = B[k] * m
         masks = st["masks"]
         masks_np = {k: m.numpy() for k, m in masks.items()} if masks else None
-        mask_blob_len = len(compress({k: m for k, m in masks.items()}, "zstd")) if masks else 0
+        if masks and st.get("mask_blob", (None, 0))[0] != st["mask_version"]:
+            # The masks travel once per change (zstd-packed booleans); measure that blob once.
+            st["mask_blob"] = (st["mask_version"], len(compress(dict(masks), "zstd")))
+        mask_blob_len = st["mask_blob"][1] if masks else 0
 
-        # -- broadcast
-        full_len = len(compress(B if self.down_codec is None else G, "none"))
-        if self.down_codec is not None:
-            if t > 0:
-                delta = {k: G[k] - B[k] for k in float_keys}
-                e = self.down_codec.encode_ex(delta, st["down_state"], seed=derive_seed(self.seed, t, 1 << 20),
-                                              structure="fingerprint", masks=masks_np, spec_ref=True)
-                st["down_state"] = e.state
-                for k in float_keys:
-                    B[k] = B[k] + e.recon[k]
-                st["bcast"].append((t, len(e.blob)))
-                # Keep only the broadcasts a lagging client could still use more cheaply than
-                # the full model.
-                while sum(n for _, n in st["bcast"]) > full_len and st["bcast"]:
-                    st["bcast"].pop(0)
-            full_len = len(compress(B, "none"))
+        # -- broadcast: B moves by what the downlink codec really sent (B = G without one)
+        if self.down_codec is not None and t > 0:
+            delta = {k: G[k] - B[k] for k in float_keys}
+            e = self.down_codec.encode_ex(delta, st["down_state"], seed=derive_seed(self.seed, t, 1 << 20),
+                                          structure="fingerprint", masks=masks_np, spec_ref=True)
+            st["down_state"] = e.state
+            for k in float_keys:
+                B[k] = B[k] + e.recon[k]
+            st["bcast"].append((t, len(e.blob)))
+        full_len = len(compress(B, "none"))  # what a client without B downloads this round
+        # Keep only the broadcasts a lagging client could still use more cheaply than the full model.
+        while st["bcast"] and sum(n for _, n in st["bcast"]) > full_len:
+            st["bcast"].pop(0)
 
         # -- sampling and availability
         rng = np.random.default_rng([self.seed, t, 11])

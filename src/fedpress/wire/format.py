@@ -206,10 +206,14 @@ class Structure:
         return bytes(out)
 
     def fingerprint(self) -> bytes:
-        """8 bytes identifying this structure (blake2b of its wire form and container kind)."""
-        h = hashlib.blake2b(self.to_bytes(), digest_size=8, person=b"fedpress-struct")
-        h.update(b"d" if self.is_dict else b"t")
-        return h.digest()
+        """8 bytes identifying this structure (blake2b of its wire form and container kind).
+
+        Computed once per object: every encode and every fingerprint-mode decode asks for it."""
+        if not self._fp:
+            h = hashlib.blake2b(self.to_bytes(), digest_size=8, person=b"fedpress-struct")
+            h.update(b"d" if self.is_dict else b"t")
+            object.__setattr__(self, "_fp", h.digest())
+        return self._fp
 
     @staticmethod
     def read(r: ByteReader, is_dict: bool, limits: Limits) -> Structure:
