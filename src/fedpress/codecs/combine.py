@@ -265,9 +265,16 @@ def _check_masks(masks, st: Structure) -> dict[str, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=256)
+def cached_codec(spec: str) -> Codec:
+    """The parsed :class:`Codec` for ``spec``, shared: a Codec holds no state (that lives in the
+    dict passed to ``encode``), so the decoder, the simulator and its backends parse each spec once.
+    """
+    return Codec(spec)
+
+
 def _codec_for_blob(spec: str) -> Codec:
     try:
-        return Codec(spec)
+        return cached_codec(spec)
     except SpecError as e:
         raise WireError(f"blob carries an invalid spec: {e}") from None
 

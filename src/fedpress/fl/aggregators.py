@@ -42,6 +42,9 @@ class MeanFactory:
 
 
 class _MeanProcess:
+    """Running weighted sums; subclasses change only how a value is folded in and how the sums
+    become the result (``_fold`` / ``_finish``), never the bookkeeping around them."""
+
     def __init__(self):
         self.sums: dict[str, torch.Tensor] | None = None
         self.total = 0.0
@@ -51,20 +54,25 @@ class _MeanProcess:
         if weight <= 0:
             return
         if self.sums is None:
-            self.sums = {k: v.detach().to(torch.float64) * weight for k, v in value.items()}
-        else:
-            if value.keys() != self.sums.keys():
-                raise ValueError("update keys differ from the first update of the round")
-            for k, v in value.items():
-                self.sums[k].add_(v.detach().to(torch.float64), alpha=weight)
+            self.sums = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in value.items()}
+        elif value.keys() != self.sums.keys():
+            raise ValueError("update keys differ from the first update of the round")
+        for k, v in value.items():
+            self._fold(k, v.detach().to(torch.float64), weight)
         self.total += weight
         self.count += 1
+
+    def _fold(self, k: str, v: torch.Tensor, weight: float) -> None:
+        self.sums[k].add_(v, alpha=weight)
+
+    def _finish(self, k: str, s: torch.Tensor) -> torch.Tensor:
+        return s / self.total
 
     def result(self):
         meas = {"clients_aggregated": self.count, "weight_total": self.total}
         if self.sums is None:
             return None, meas
-        return {k: (s / self.total).to(torch.float32) for k, s in self.sums.items()}, meas
+        return {k: self._finish(k, s).to(torch.float32) for k, s in self.sums.items()}, meas
 
 
 class SparseMeanFactory:
@@ -91,27 +99,18 @@ class SparseMeanFactory:
 
 
 class _SparseMeanProcess(_MeanProcess):
-    def accept(self, value, weight: float = 1.0, client: int | None = None) -> None:
-        if weight <= 0:
-            return
-        if self.sums is None:
-            self.sums = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in value.items()}
-            self.weights = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in value.items()}
-        elif value.keys() != self.sums.keys():
-            raise ValueError("update keys differ from the first update of the round")
-        for k, v in value.items():
-            v = v.detach().to(torch.float64)
-            self.sums[k].add_(v, alpha=weight)
-            self.weights[k].add_((v != 0).to(torch.float64), alpha=weight)
-        self.total += weight
-        self.count += 1
+    def __init__(self):
+        super().__init__()
+        self.weights: dict[str, torch.Tensor] = {}  # per coordinate: weight of the clients that sent it
 
-    def result(self):
-        meas = {"clients_aggregated": self.count, "weight_total": self.total}
-        if self.sums is None:
-            return None, meas
-        out = {k: (s / self.weights[k].clamp(min=1e-300)).to(torch.float32) for k, s in self.sums.items()}
-        return out, meas
+    def _fold(self, k: str, v: torch.Tensor, weight: float) -> None:
+        if k not in self.weights:
+            self.weights[k] = torch.zeros(v.shape, dtype=torch.float64)
+        super()._fold(k, v, weight)
+        self.weights[k].add_((v != 0).to(torch.float64), alpha=weight)
+
+    def _finish(self, k: str, s: torch.Tensor) -> torch.Tensor:
+        return s / self.weights[k].clamp(min=1e-300)
 
 
 class SumFactory:
@@ -125,11 +124,8 @@ class _SumProcess(_MeanProcess):
     def accept(self, value, weight: float = 1.0, client: int | None = None) -> None:
         super().accept(value, 1.0, client)
 
-    def result(self):
-        meas = {"clients_aggregated": self.count}
-        if self.sums is None:
-            return None, meas
-        return {k: s.to(torch.float32) for k, s in self.sums.items()}, meas
+    def _finish(self, k: str, s: torch.Tensor) -> torch.Tensor:
+        return s
 
 
 class DecodingFactory:

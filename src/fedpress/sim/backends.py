@@ -8,7 +8,6 @@ bytes, the same states and the same metrics; a backend only changes where and ho
 
 from __future__ import annotations
 
-import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -17,13 +16,8 @@ from typing import Any
 
 import torch
 
-from fedpress.codecs import Codec
+from fedpress.codecs.combine import cached_codec
 from fedpress.fl.client import TrainConfig, local_train
-
-
-@functools.lru_cache(maxsize=64)
-def _codec(spec: str) -> Codec:
-    return Codec(spec)
 
 
 @dataclass
@@ -54,7 +48,7 @@ def client_update(model: torch.nn.Module, params: dict, data, cfg: TrainConfig, 
         update, _ = clip_update(update, clip)
     if job.spec is None:
         return {"client": job.client, "update": update, "loss": loss, "train_s": t1 - t0, "encode_s": 0.0}
-    e = _codec(job.spec).encode_ex(update, job.state, seed=job.encode_seed, structure="fingerprint",
+    e = cached_codec(job.spec).encode_ex(update, job.state, seed=job.encode_seed, structure="fingerprint",
                                    masks=masks_np, spec_ref=True)
     return {"client": job.client, "blob": e.blob, "state": e.state, "loss": loss,
             "train_s": t1 - t0, "encode_s": time.perf_counter() - t1}

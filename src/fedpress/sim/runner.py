@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from fedpress.codecs import Codec, compress
+from fedpress.codecs.combine import cached_codec
 from fedpress.fl.aggregators import DecodingFactory, MeanFactory, SparseMeanFactory
 from fedpress.fl.client import TrainConfig, evaluate_loss, predict_proba
 from fedpress.fl.pruning import PruneSchedule, magnitude_masks, sparsity_of
@@ -210,7 +211,7 @@ class Simulation:
             # Biased sparsifiers (top-k, threshold) send few coordinates per client: average each
             # coordinate over its senders. Everything else, and anything private, is a plain mean.
             specs = [self.codec.spec, *(getattr(self.policy, "ladder", ()) if self.policy else ())]
-            sparse = any((c := Codec(sp)).lossy and c.lossy[0].name in ("topk", "threshold") for sp in specs)
+            sparse = any((c := cached_codec(sp)).lossy and c.lossy[0].name in ("topk", "threshold") for sp in specs)
             private = dp_clip is not None or secagg
             aggregate = "sparse_mean" if sparse and not private else "mean"
         self.aggregate = aggregate
@@ -220,7 +221,6 @@ class Simulation:
         self._init_privacy(dp_clip, dp_noise, dp_delta, dp_adaptive, target_epsilon, secagg,
                            secagg_threshold, secagg_neighbors, dropout)
         self._assigned: dict[int, str] = {}
-        self._codecs: dict[str, Codec] = {self.codec.spec: self.codec}
 
     # ------------------------------------------------------------------ helpers
     def _init_privacy(self, clip, noise, delta, adaptive, target_eps, secagg, threshold, neighbors, dropout):
@@ -270,9 +270,7 @@ class Simulation:
         spec = self._assigned.get(client)
         if spec is None:
             return self.codec
-        if spec not in self._codecs:
-            self._codecs[spec] = Codec(spec)
-        return self._codecs[spec]
+        return cached_codec(spec)
 
     def _jittered(self, client: int, rnd: int) -> netmod.Link:
         ln = self.links[client]
@@ -293,7 +291,7 @@ class Simulation:
                 g = torch.Generator().manual_seed(derive_seed(self.seed, 99) & 0x7FFFFFFF)
                 probe = {k: torch.randn(st["G"][k].shape, generator=g) * 1e-2 for k in float_keys}
             st["ladder_bytes"] = {
-                spec: len(Codec(spec).encode_ex(probe, None, seed=1, structure="fingerprint",
+                spec: len(cached_codec(spec).encode_ex(probe, None, seed=1, structure="fingerprint",
                                                 masks=masks_np, spec_ref=True).blob)
                 for spec in ladder
             }
