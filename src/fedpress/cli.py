@@ -108,7 +108,7 @@ TargetEps = Annotated[float | None, Opt("--target-epsilon", help="DP: size the n
 Backend = Annotated[str | None, Opt("--backend", help="local | ray")]
 RayAddress = Annotated[str | None, Opt("--address", help="--backend ray: join this Ray cluster (auto, ray://HOST:10001); default: start Ray here")]
 Workers = Annotated[int | None, Opt("--workers", help="--backend ray: CPUs of the local Ray (on a cluster: tasks in flight)")]
-WaitDeadline = Annotated[bool | None, Opt("--wait-full-deadline/--close-early", help="rounds with a dropped straggler last the whole deadline")]
+WaitDeadline = Annotated[bool | None, Opt("--wait-full-deadline/--close-early", help="a round with a dropped straggler lasts the whole deadline (default); --close-early: it ends at the slowest kept client, as if the server knew who will miss")]
 Aggregate = Annotated[str | None, Opt("--aggregate", help="auto | mean | sparse_mean (per-coordinate over senders; auto: for top-k/threshold)")]
 Quiet = Annotated[bool, Opt("--quiet", "-q", help="no progress bars or tables")]
 Json = Annotated[bool, Opt("--json", help="print the summary as JSON on stdout")]

@@ -35,8 +35,9 @@ def test_deadline_choice_fits_hand_computed_link():
     assert Deadline(6.0, **kw).assign(_info(), [v]) == {3: "none"}
     assert Deadline(4.0, **kw).assign(_info(), [v]) == {3: "fp16"}
     assert Deadline(3.5, **kw).assign(_info(), [v]) == {3: "ef+q:bits=8"}
-    # nothing fits: the most aggressive rung
-    assert Deadline(1.0, **kw).assign(_info(), [v]) == {3: "ef+topk:ratio=0.01+q:bits=8"}
+    # nothing fits: the most aggressive rung with skip=0; by default a known client sits it out
+    assert Deadline(1.0, skip=0, **kw).assign(_info(), [v]) == {3: "ef+topk:ratio=0.01+q:bits=8"}
+    assert Deadline(1.0, **kw).assign(_info(), [v]) == {3: None}
 
 
 def test_deadline_does_not_stretch_rounds_beyond_the_unavoidable():
@@ -155,8 +156,40 @@ def test_deadline_skip_leaves_out_known_hopeless_clients_but_tries_unknown_ones(
     new = ClientView(**{**hopeless.__dict__, "client": 6, "known": False})
     ok = ClientView(client=7, up_mbps=10, down_mbps=10, up_latency_s=0.01, down_latency_s=0.01,
                     compute_s=0.5, down_bytes=10_000)
-    p = Deadline(5.0, skip=1, ladder=tuple(LADDER))
+    p = Deadline(5.0, ladder=tuple(LADDER))  # skip=1 is the default
     got = p.assign(_info(), [hopeless, new, ok])
     assert got[5] is None and got[6] == "ef+topk:ratio=0.01+q:bits=8"
     assert got[7] not in (None, "ef+topk:ratio=0.01+q:bits=8")
-    assert Deadline(5.0, ladder=tuple(LADDER)).assign(_info(), [hopeless])[5] is not None
+    assert Deadline(5.0, skip=0, ladder=tuple(LADDER)).assign(_info(), [hopeless])[5] is not None
+
+
+def test_deadline_unknown_client_gets_the_hardest_rung_and_does_not_set_the_pace():
+    slow_new = ClientView(client=1, up_mbps=0.05, down_mbps=0.05, up_latency_s=1.0, down_latency_s=1.0,
+                          compute_s=1.0, down_bytes=10_000, known=False)  # top-k 4.92 s if believed
+    mid = ClientView(client=2, up_mbps=1.0, down_mbps=8.0, up_latency_s=0.05, down_latency_s=0.05,
+                     compute_s=2.0, down_bytes=100_000)  # none 5.4, fp16 3.8, q8 3.0, top-k 2.216 s
+    hard = Deadline(20.0, safety=1.0, slack=0.0, ladder=tuple(LADDER)).assign(_info(), [slow_new, mid])
+    # the unknown client's guessed 4.92 s does not pace the round: `mid` keeps its own floor
+    assert hard == {1: "ef+topk:ratio=0.01+q:bits=8", 2: "ef+topk:ratio=0.01+q:bits=8"}
+    prior = Deadline(20.0, safety=1.0, slack=0.0, unknown="prior", ladder=tuple(LADDER))
+    assert prior.assign(_info(), [slow_new, mid]) == {1: "ef+topk:ratio=0.01+q:bits=8", 2: "fp16"}
+    with pytest.raises(ValueError, match="unknown must be"):
+        make_policy("deadline:seconds=5,unknown=maybe")
+
+
+def test_deadline_cut_sits_out_a_lone_slow_known_client_within_the_drop_share():
+    fast = [ClientView(client=i, up_mbps=10, down_mbps=10, up_latency_s=0.01, down_latency_s=0.01,
+                       compute_s=0.2, down_bytes=10_000) for i in range(5)]
+    slow = ClientView(client=9, up_mbps=0.05, down_mbps=0.05, up_latency_s=1.0, down_latency_s=1.0,
+                      compute_s=1.0, down_bytes=10_000)  # ~4.9 s at top-k, fits a 20 s deadline
+    ladder = tuple(LADDER)
+    assert Deadline(20.0, ladder=ladder).assign(_info(), [*fast, slow])[9] is not None  # cut off
+    got = Deadline(20.0, cut=3, ladder=ladder).assign(_info(), [*fast, slow])
+    assert got[9] is None and all(got[i] is not None for i in range(5))
+    # the share: with 4 clients, 0.2 of them rounds down to nobody
+    assert Deadline(20.0, cut=3, ladder=ladder).assign(_info(), [*fast[:3], slow])[9] is not None
+    # an unknown slow client is always tried
+    new = ClientView(**{**slow.__dict__, "known": False})
+    assert Deadline(20.0, cut=3, ladder=ladder).assign(_info(), [*fast, new])[9] is not None
+    with pytest.raises(ValueError, match="cut > 1"):
+        make_policy("deadline:seconds=5,cut=0.5")

@@ -111,16 +111,21 @@ def test_round_with_no_survivor_is_skipped():
     assert res.history[0]["metric"] == res.history[1]["metric"]
 
 
-def test_deadline_drops_stragglers_and_clock_uses_slowest_kept():
+def test_deadline_drops_stragglers_and_a_round_with_one_waits_out_the_deadline():
     clients, test = _data(n_clients=4)
     fast = Link(up_mbps=50, down_mbps=50, latency_s=0.01)
     slow = Link(up_mbps=0.001, down_mbps=0.001, latency_s=1.0)
     links = [fast, fast, fast, slow]
-    sim = Simulation(_model, clients, test, rounds=2, per_round=4, metric=_acc, network=links, deadline=5.0)
-    res = sim.run()
+    kw = {"rounds": 2, "per_round": 4, "metric": _acc, "network": links, "deadline": 5.0}
+    res = Simulation(_model, clients, test, **kw).run()
     for h in res.history:
         assert h["clients_dropped"] == 1 and h["clients_kept"] == 3
-        assert h["round_seconds"] < 5.0
+        assert h["round_seconds"] == 5.0
+    ideal = Simulation(_model, clients, test, wait_full_deadline=False, **kw).run()
+    for h in ideal.history:
+        assert h["clients_dropped"] == 1 and h["round_seconds"] < 5.0
+    fast_only = Simulation(_model, clients[:3], test, **{**kw, "network": links[:3], "per_round": 3}).run()
+    assert all(h["round_seconds"] < 5.0 for h in fast_only.history)
 
 
 def test_pruning_saves_uplink_bytes(tmp_path):

@@ -77,44 +77,74 @@ class Policy:
 
 class Deadline(Policy):
     """Each client gets the least aggressive rung that keeps it inside the round's *effective*
-    deadline; clients that cannot make ``seconds`` even with the most aggressive rung get that rung,
-    or, with ``skip=1``, sit the round out when the server has already seen them (deadline-aware
-    selection as in FedCS, Nishio & Yonetani 2019): a certain straggler only holds the round up.
-    Clients never seen are always tried, so the estimate of every link gets its first observation.
+    deadline. A known client that cannot make ``seconds`` even with the most aggressive rung sits
+    the round out (``skip=1``, the default; deadline-aware selection as in FedCS, Nishio & Yonetani
+    2019): under a clock where a missing update makes the server wait out the deadline, a certain
+    straggler costs the whole deadline and contributes nothing. ``skip=0`` sends it the most
+    aggressive rung anyway.
 
     The effective deadline is not ``seconds`` itself: a synchronous round lasts as long as its
-    slowest kept client, and that client's time with the most aggressive rung, T, is unavoidable.
+    slowest client, and that client's time with the most aggressive rung, T, is unavoidable.
     Giving everyone else codecs that fill the whole deadline would stretch every round to it, so
     the effective deadline is min(seconds·safety, T·(1 + slack)): fast clients send at full fidelity
     as long as they finish by the time the slow ones must anyway.
+
+    Clients never seen (``unknown="hard"``, the default) get the most aggressive rung and do not
+    set T: their link is the estimator's guess, a wrong guess costs a straggler, and compressing
+    one update hard costs little. ``unknown="prior"`` trusts the estimator's prior instead.
+
+    ``cut=C`` (off by default) also sits out a known client predicted more than C× slower than the
+    next slowest, at most ``drop`` (0.2) of the round: it alone would set the round's length.
+    That trades its data for time, so it can bias the model against slow clients' data.
     """
 
     name = "deadline"
 
-    def __init__(self, seconds: float, safety: float = 0.9, slack: float = 0.25, skip: float = 0.0,
+    def __init__(self, seconds: float, safety: float = 0.9, slack: float = 0.25, skip: float = 1.0,
+                 unknown: str = "hard", cut: float = float("inf"), drop: float = 0.2,
                  ladder=DEFAULT_LADDER):
         if not seconds > 0:
             raise ValueError(f"deadline policy: seconds must be > 0, got {seconds}")
+        if unknown not in ("hard", "prior"):
+            raise ValueError(f"deadline policy: unknown must be 'hard' or 'prior', got {unknown!r}")
         self.seconds, self.safety, self.slack = float(seconds), float(safety), float(slack)
+        if not cut > 1 or not 0 <= drop < 1:
+            raise ValueError(f"deadline policy: need cut > 1 and 0 <= drop < 1, got {cut}, {drop}")
         self.skip = bool(skip)
+        self.unknown = unknown
+        self.cut, self.drop = float(cut), float(drop)
         self.ladder = tuple(ladder)
 
     def assign(self, info, clients):
         limit = self.seconds * self.safety
         hardest = info.ladder_bytes[self.ladder[-1]]
         floor = [v.predict(hardest) for v in clients]
-        feasible = [t for t in floor if t <= limit]
-        eff = min(limit, max(feasible) * (1 + self.slack)) if feasible else limit
+        # With unknown="hard" a client never seen sends with the most aggressive rung and does not
+        # set the round's pace: its link is a guess, and a wrong guess costs a straggler (the
+        # whole deadline) while over-compressing one update costs little.
+        pace = sorted((t, v.client) for v, t in zip(clients, floor, strict=True)
+                      if t <= limit and (v.known or self.unknown == "prior"))
         out: dict[int, str | None] = {}
+        # A known client predicted `cut`x slower than everyone else even at its hardest rung would
+        # set the whole round's length alone: it sits out (at most `drop` of the round).
+        budget = int(self.drop * len(clients))
+        while budget > 0 and len(pace) >= 2 and pace[-1][0] > self.cut * pace[-2][0]:
+            out[pace.pop()[1]] = None
+            budget -= 1
+        pace = [t for t, _ in pace]
+        eff = min(limit, max(pace) * (1 + self.slack)) if pace else limit
         for v, t_min in zip(clients, floor, strict=True):
+            if v.client in out:
+                continue
             if self.skip and v.known and t_min > limit:
                 out[v.client] = None
                 continue
             pick = self.ladder[-1]
-            for spec in self.ladder:
-                if v.predict(info.ladder_bytes[spec]) <= eff:
-                    pick = spec
-                    break
+            if v.known or self.unknown == "prior":
+                for spec in self.ladder:
+                    if v.predict(info.ladder_bytes[spec]) <= eff:
+                        pick = spec
+                        break
             out[v.client] = pick
         return out
 
@@ -171,19 +201,33 @@ class Accordion(Policy):
         return {v.client: spec for v in clients}
 
 
+_WORDS = ("unknown",)  # parameters whose values are words, not numbers
+
+
 def make_policy(spec: str | Policy | None) -> Policy | None:
-    """``fixed`` (None), ``deadline:seconds=S[,safety=F]``, ``budget:bytes=B`` or
-    ``accordion[:eta=E,interval=I,warmup=W]``; anything else is one clear ValueError."""
+    """``fixed`` (None), ``deadline:seconds=S[,safety=F,slack=F,skip=0|1,unknown=hard|prior,cut=C,
+    drop=F]``, ``budget:bytes=B`` or ``accordion[:eta=E,interval=I,warmup=W]``; anything else is
+    one clear ValueError.
+
+    >>> make_policy("deadline:seconds=10,unknown=prior").unknown
+    'prior'
+    >>> make_policy("fixed") is None
+    True
+    """
     if spec is None or isinstance(spec, Policy):
         return spec
     name, _, args = spec.strip().partition(":")
-    kw: dict[str, float] = {}
+    kw: dict[str, float | str] = {}
     for item in filter(None, (a.strip() for a in args.split(","))):
         k, eq, v = item.partition("=")
         if not eq:
             raise ValueError(f"bad policy {spec!r}: expected key=value, got {item!r}")
+        k = k.strip()
+        if k in _WORDS:
+            kw[k] = v.strip()
+            continue
         try:
-            kw[k.strip()] = float(v)
+            kw[k] = float(v)
         except ValueError:
             raise ValueError(f"bad policy {spec!r}: {k} must be a number, got {v!r}") from None
     classes = {"deadline": Deadline, "budget": Budget, "accordion": Accordion}

@@ -64,7 +64,7 @@ class RunConfig:
     ray_address: str | None = None  # backend ray: join this cluster ("auto", "ray://host:10001")
     workers: int | None = None  # backend ray: local Ray's CPUs (on a cluster: max tasks in flight)
     aggregate: str = "auto"  # auto | mean | sparse_mean (coordinate-wise over contributors)
-    wait_full_deadline: bool = False  # a round with a dropped straggler lasts the whole deadline
+    wait_full_deadline: bool = True  # a round with a dropped straggler lasts the whole deadline
 
     def check(self) -> RunConfig:
         """Validate values that can be checked before loading anything (one clear error each)."""

@@ -262,21 +262,25 @@ def round_clock(
     participants: list[Participant],
     deadline_s: float | None = None,
     *,
-    wait_full_deadline: bool = False,
+    wait_full_deadline: bool = True,
 ) -> RoundTiming:
     """Time one synchronous round; clients finishing after ``deadline_s`` are dropped.
 
-    The round lasts until the slowest kept participant's update arrives. That assumes the server
-    knows a straggler will not make it and closes early, as with over-selection in production FL
-    (Bonawitz et al. 2019, "Towards federated learning at scale"); pass
-    ``wait_full_deadline=True`` for a server that waits out the deadline whenever someone is
-    dropped. If nobody is kept, the round lasts the deadline. No deadline keeps everyone.
+    A server learns that a client missed the deadline only when the deadline passes, so a round
+    with a dropped straggler lasts the whole deadline (``wait_full_deadline=True``, the default
+    of :class:`~fedpress.sim.runner.Simulation`); otherwise it lasts until the slowest client's
+    update has arrived. ``wait_full_deadline=False`` is an idealised server that knows in advance
+    who will miss and closes at the slowest *kept* client: a lower bound on round time, which
+    makes dropping stragglers look free. If nobody is kept, the round lasts the deadline. No
+    deadline keeps everyone.
 
     >>> fast = Participant(0, Link(8.0, 8.0, 0.0), 1_000_000, 1_000_000, 1.0)   # 3 s
     >>> slow = Participant(1, Link(0.8, 0.8, 0.0), 1_000_000, 1_000_000, 1.0)  # 21 s
     >>> t = round_clock([fast, slow], deadline_s=10.0)
     >>> t.seconds, t.kept, t.dropped
-    (3.0, [0], [1])
+    (10.0, [0], [1])
+    >>> round_clock([fast, slow], deadline_s=10.0, wait_full_deadline=False).seconds
+    3.0
     >>> round_clock([fast, slow]).seconds
     21.0
     """

@@ -12,7 +12,9 @@ One round, as the server sees it:
    PowerSGD factor), which persists across the rounds it sits out. Every byte counted is
    ``len(blob)`` of a blob that was produced and is decoded by the server.
 4. **Clock.** Each client's download + compute + upload time on its link; past the deadline it is
-   a straggler and dropped; the round lasts as long as its slowest kept client.
+   a straggler and dropped. The round lasts until every client has reported, or the whole deadline
+   when someone has not (the server cannot know a straggler will miss before the deadline passes);
+   ``wait_full_deadline=False`` gives the idealised clock that ends at the slowest kept client.
 5. **Aggregation** streams the kept blobs through decode → weighted mean, then the server strategy
    (FedAvg, FedAvgM, FedAdam, FedYogi) steps G.
 
@@ -149,7 +151,7 @@ class Simulation:
         secagg_neighbors: int | None = None,
         dropout: float = 0.0,
         aggregate: str = "auto",
-        wait_full_deadline: bool = False,
+        wait_full_deadline: bool = True,
     ):
         if not client_datasets:
             raise ValueError("client_datasets is empty")
@@ -215,8 +217,9 @@ class Simulation:
             private = dp_clip is not None or secagg
             aggregate = "sparse_mean" if sparse and not private else "mean"
         self.aggregate = aggregate
-        # False: a round ends when its slowest kept client is done (a server with over-selection);
-        # True: a server that cannot tell a straggler will miss waits out the deadline.
+        # True (default): a server cannot tell a straggler will miss until the deadline passes, so a
+        # round with a straggler lasts the whole deadline. False: the round ends when its slowest
+        # kept client is done, as if the server knew in advance who will miss (a lower bound).
         self.wait_full_deadline = bool(wait_full_deadline)
         self._init_privacy(dp_clip, dp_noise, dp_delta, dp_adaptive, target_epsilon, secagg,
                            secagg_threshold, secagg_neighbors, dropout)
