@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,flower,ray]'
+	$(BIN)/pip install -q -e '.[dev,flower,ray,gpu]'
 	touch $(STAMP)
 
 venv: $(STAMP)

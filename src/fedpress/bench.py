@@ -8,11 +8,18 @@ travel between machines better than the milliseconds do::
     fedpress bench codecs --size 10000000 --json
     fedpress bench codecs --codec q:bits=8 --codec "ef+topk:ratio=0.01+q:bits=4+zstd"
     fedpress bench codecs --size 10000000 --shape flat --kernels both   # NumPy path vs kernels
+    fedpress bench codecs --device cuda --shape flat --size 67108864    # Triton kernels on a GPU
 
 *Encode* is :meth:`fedpress.Codec.encode` (blob and new state; the reconstruction is only built when
 error feedback needs it), *decode* is :func:`fedpress.decompress`. The copy baseline is re-measured
 before every codec and the best copy of the whole run is the denominator, so a burst of load on a
 shared machine inflates neither side of a ratio alone.
+
+With ``--device cuda`` the tensors live on the GPU, the routed codecs encode and decode there with
+the Triton kernels (:func:`fedpress.kernels.gpu`; ``decompress(blob, device="cuda")``) and the copy
+baseline is ``torch.clone`` on the device, synchronised. The end-to-end rows include moving the
+blob's fields to the host; :func:`bench_device_kernels` adds the kernels alone (outputs left on the
+device) against the same clone and against a naive torch implementation, timed in the same run.
 
 Tests never time anything; this module is where speed lives.
 """
@@ -181,11 +188,20 @@ def bench_codecs(
     n = ref.size
     ref_norm = float(np.linalg.norm(ref.astype(np.float64)))
     # The baseline: a plain memory copy of the same float32 data (numpy, tensor by tensor; torch's
-    # clone() carries per-call overhead that would flatter every codec).
-    arrays = [to_numpy(v) for v in (obj.values() if isinstance(obj, dict) else [obj])]
+    # clone() carries per-call overhead that would flatter every codec). On a GPU: torch.clone on
+    # the device, synchronised.
+    tensors = list(obj.values() if isinstance(obj, dict) else [obj])
+    arrays = [to_numpy(v) for v in tensors] if device == "cpu" else []
+    sync = _sync(device)
 
     def copy_once():
+        if device != "cpu":
+            out = [t.clone() for t in tensors]
+            sync()
+            return out
         return [a.copy() for a in arrays]
+
+    dec_kw = {} if device == "cpu" else {"device": device}
 
     copy_ms = math.inf
     rows = []
@@ -199,11 +215,12 @@ def bench_codecs(
                 # Warm-up outside the timing: the first call may load (or compile) kernels.
                 enc = c.encode_ex(obj, None, seed=seed)
                 blob = enc.blob
-                fedpress.decompress(blob)
+                fedpress.decompress(blob, **dec_kw)
                 # A fresh state each time: stateful codecs (ef, powersgd) are measured on a first
                 # round.
                 enc_ms, (blob2, _) = _best_ms(lambda c=c: c.encode(obj, None, seed=seed), repeat)
-                dec_ms, dec = _best_ms(lambda blob=blob: fedpress.decompress(blob), repeat)
+                dec_ms, dec = _best_ms(
+                    lambda blob=blob: _synced(fedpress.decompress(blob, **dec_kw), sync), repeat)
             if blob2 != blob:  # pragma: no cover - the laws forbid it; a benchmark must not hide it
                 raise AssertionError(f"{spec}: Codec.encode and encode_ex made different blobs")
             err = float(np.linalg.norm((_flat_f32(dec) - ref).astype(np.float64)))
@@ -227,6 +244,108 @@ def bench_codecs(
     return rows
 
 
+def _sync(device: str):
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def _synced(out, sync):
+    sync()
+    return out
+
+
+#: The device benchmark's codecs: (name, spec of the codec it times, naive torch baseline).
+DEVICE_CODECS = (("q8", "q:bits=8", "q8"), ("q4", "q:bits=4", "q8"), ("sign", "sign", "sign"),
+                 ("topk1%", "topk:ratio=0.01", "topk"))
+
+
+def bench_device_kernels(size: int = 1 << 26, *, repeat: int = 5, seed: int = 0,
+                         device: str = "cuda") -> list[dict]:
+    """Time the Triton kernels alone, inputs and outputs on ``device``, against ``torch.clone`` of
+    the same float32 tensor and a naive torch implementation (blockwise int8 with torch ops, sign
+    via torch ops, ``torch.topk``), all synchronised, best of ``repeat``, in the same run.
+
+    *encode* is what a codec computes before anything travels: q = block range + quantise + pack
+    (``q_params`` + ``q_encode``), sign = the fixed-order |x| sums + sign + pack, top-k = threshold,
+    count, scan, compaction and fix-up, then the kept values; *decode* = unpack + dequantise (q,
+    sign) or the scatter of k values (top-k). ``device="cpu"`` runs where
+    :func:`fedpress.kernels.routes` sends CPU tensors (the interpreter in tests): no timing meaning.
+    """
+    import torch
+
+    from fedpress import kernels as kern
+    from fedpress.codecs.sparsify import keep_count
+
+    g = kern.gpu()
+    if g is None:
+        raise ValueError("the Triton kernels are not available here (see fedpress.kernels.gpu)")
+    x = torch.randn(size, generator=torch.Generator().manual_seed(seed)).to(device)
+    sync = _sync(device)
+
+    def timed(fn):
+        fn()  # warm-up: compiles the kernels
+        sync()
+        return _best_ms(lambda: _synced(fn(), sync), repeat)
+
+    copy_ms = timed(lambda: x.clone())[0]
+    k = keep_count(size, 0.01)
+
+    def q_enc(bits):
+        def run():
+            _, _, lo, scale = g.q_params(x, 256, bits, "minmax")
+            return g.q_encode(x, 256, lo, scale, (1 << bits) - 1, bits)[0], lo, scale
+        return run
+
+    def sign_enc():
+        scale = g.sign_scale(g.block_sums(x, 0), size, 0)
+        return g.sign_encode(x, 0, scale)[0], scale
+
+    def topk_enc():
+        idx = g.topk_checked(x, k)[0]
+        return idx, x[idx]
+
+    naive_q = lambda: g.naive_q8(x)  # noqa: E731
+    rows = []
+    for name, spec, naive in DEVICE_CODECS:
+        if name in ("q8", "q4"):
+            bits = 8 if name == "q8" else 4
+            enc_ms, (packed, lo, scale) = timed(q_enc(bits))
+            dec_ms = timed(lambda p=packed, lo=lo, s=scale, b=bits: g.q_decode(p, size, 256, b, lo, s))[0]
+        elif name == "sign":
+            enc_ms, (packed, scale) = timed(sign_enc)
+            dec_ms = timed(lambda p=packed, s=scale: g.sign_decode(p, size, 0, s))[0]
+        else:
+            enc_ms, (idx, vals) = timed(topk_enc)
+
+            def scatter(idx=idx, vals=vals):
+                out = torch.zeros(size, device=device)
+                out[idx] = vals
+                return out
+
+            dec_ms = timed(scatter)[0]
+        if naive == "q8":
+            nenc_ms, (codes, lo, scale) = timed(naive_q)
+            ndec_ms = timed(lambda c=codes, lo=lo, s=scale: g.naive_q8_decode(c, lo, s, size))[0]
+        elif naive == "sign":
+            nenc_ms, (packed, scale) = timed(lambda: g.naive_sign(x))
+            ndec_ms = timed(lambda p=packed, s=scale: g.naive_sign_decode(p, s, size))[0]
+        else:
+            nenc_ms, (idx, vals) = timed(lambda: g.naive_topk(x, k))
+            ndec_ms = dec_ms  # the same scatter
+        rows.append({
+            "codec": name, "spec": spec, "n": size, "copy_ms": copy_ms,
+            "encode_ms": enc_ms, "decode_ms": dec_ms,
+            "naive_encode_ms": nenc_ms, "naive_decode_ms": ndec_ms,
+            "encode_over_copy": enc_ms / copy_ms, "decode_over_copy": dec_ms / copy_ms,
+            "naive_over_kernel_encode": nenc_ms / enc_ms,
+            "naive_over_kernel_decode": ndec_ms / dec_ms,
+        })
+    return rows
+
+
 def check_device(device: str) -> None:
     """Raise ValueError unless ``device`` can be benchmarked here.
 
@@ -245,14 +364,13 @@ def check_device(device: str) -> None:
     if not torch.cuda.is_available():
         raise ValueError(
             "CUDA is not available here (torch.cuda.is_available() is False; torch "
-            f"{torch.__version__}). fedpress has no GPU kernels yet either: see fedpress.kernels "
-            "for their design. Use --device cpu."
+            f"{torch.__version__}). The Triton kernels need a CUDA GPU; use --device cpu."
         )
 
 
 def _to_device(obj, device: str):
-    # With CUDA present but no GPU kernels, the codecs copy tensors to the host first: measuring
-    # that path (input on the GPU) is what a GPU user gets today.
+    # Routed codecs (fedpress.kernels.routes) encode CUDA tensors with the Triton kernels; the
+    # others copy them to the host first: measuring that (input on the GPU) is what a GPU user gets.
     if isinstance(obj, dict):
         return {k: v.to(device) for k, v in obj.items()}
     return obj.to(device)
@@ -330,9 +448,12 @@ def codecs_cmd(
                             kernels=kernels, device=device)
     except SpecError as e:
         raise typer.BadParameter(str(e), param_hint="--codec") from None
+    dev_rows = bench_device_kernels(size, repeat=repeat, seed=seed) if device == "cuda" else []
     if as_json:
         doc = {"size": rows[0]["n"] if rows else size, "shape": shape, "repeat": repeat, "seed": seed,
                "kernels": kernels, "device": device, "environment": _environment(), "results": rows}
+        if dev_rows:
+            doc["device_kernels"] = dev_rows
         typer.echo(json.dumps(doc, indent=2))
         return
     from rich.console import Console
@@ -345,3 +466,22 @@ def codecs_cmd(
 
     console.print(_table(rows, f"codecs on {n:,} float32 values ({shape}, {device}), best of {repeat}; "
                                f"kernels: {kern.describe()}"))
+    if dev_rows:
+        console.print(device_table(dev_rows, f"Triton kernels alone on {size:,} float32 values (flat), "
+                                             f"best of {repeat}: vs torch.clone and vs naive torch"))
+
+
+def device_table(rows: list[dict], title: str):
+    """The rows of :func:`bench_device_kernels` as a rich table."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("codec", "enc ms", "dec ms", "clone ms", "enc/clone", "dec/clone", "naive enc ms",
+                "naive/enc", "naive dec ms", "naive/dec"):
+        t.add_column(col, justify="left" if col == "codec" else "right")
+    for r in rows:
+        t.add_row(r["codec"], f"{r['encode_ms']:.3f}", f"{r['decode_ms']:.3f}", f"{r['copy_ms']:.3f}",
+                  f"{r['encode_over_copy']:.2f}", f"{r['decode_over_copy']:.2f}",
+                  f"{r['naive_encode_ms']:.3f}", f"{r['naive_over_kernel_encode']:.2f}x",
+                  f"{r['naive_decode_ms']:.3f}", f"{r['naive_over_kernel_decode']:.2f}x")
+    return t

@@ -29,6 +29,7 @@ from fedpress.wire.format import (
     Limits,
     Structure,
     TensorSpec,
+    _is_torch,
     from_numpy,
     read_blob,
     to_numpy,
@@ -65,7 +66,12 @@ def mask_digest(masks: Mapping[str, np.ndarray]) -> bytes:
     return h.digest()
 
 
-def _encode_chain(stages: list[Stage], i: int, x: np.ndarray, ctx: Ctx) -> np.ndarray | None:
+def _encode_chain(stages: list[Stage], i: int, x, ctx: Ctx):
+    # x is a float32 ndarray, or a float32 torch tensor on the Triton path (fedpress.kernels.gpu):
+    # it stays on its device while the stages have an ``encode_device``, then moves to the host.
+    on_device = not isinstance(x, np.ndarray)
+    if on_device and (i == len(stages) or not hasattr(stages[i], "encode_device")):
+        x, on_device = to_numpy(x), False
     if i == len(stages):  # end of chain: whatever is left travels as float32
         ctx.write(f32_field(x))
         return np.asarray(x, np.float32) if ctx.recon else None
@@ -75,21 +81,27 @@ def _encode_chain(stages: list[Stage], i: int, x: np.ndarray, ctx: Ctx) -> np.nd
 
     def rest(subs):
         return [
-            _encode_chain(stages, i + 1, np.ascontiguousarray(s, np.float32), ctx.child(j))
+            _encode_chain(stages, i + 1, s if _is_torch(s) else np.ascontiguousarray(s, np.float32),
+                          ctx.child(j))
             for j, s in enumerate(subs)
         ]
 
-    return nxt.encode(x, ctx, rest)
+    return (nxt.encode_device if on_device else nxt.encode)(x, ctx, rest)
 
 
-def _decode_chain(stages: list[Stage], i: int, shape, ctx: Ctx) -> np.ndarray:
+def _decode_chain(stages: list[Stage], i: int, shape, ctx: Ctx, device=None):
+    # With a device (Triton path), stages with a ``decode_device`` may return torch tensors there.
     if i == len(stages):
         return ctx.read_f32(numel(shape), "values").reshape(shape)
 
     def rest(shapes):
-        return [_decode_chain(stages, i + 1, tuple(s), ctx.child(j)) for j, s in enumerate(shapes)]
+        return [_decode_chain(stages, i + 1, tuple(s), ctx.child(j), device)
+                for j, s in enumerate(shapes)]
 
-    return stages[i].decode(tuple(shape), ctx, rest)
+    st = stages[i]
+    if device is not None and hasattr(st, "decode_device"):
+        return st.decode_device(tuple(shape), ctx, rest, device)
+    return st.decode(tuple(shape), ctx, rest)
 
 
 class Codec:
@@ -170,6 +182,18 @@ class Codec:
         fields: list = []
         outs: list = []
         for ti, (ts, v) in enumerate(zip(st.tensors, values, strict=True)):
+            if ts.is_float and not self.raw and self._on_device(v, ts, masks):
+                # The Triton path: the tensor stays on its device; only the blob's fields (and the
+                # reconstruction, when wanted) come to the host. Same bytes as below.
+                x = v.detach().to(dtype=_torch_f32()).contiguous()
+                if not self.lossy[0].checks_finite and not kernels.gpu().all_finite(x):
+                    raise ValueError(not_finite_message(ts.name))
+                ctx = Ctx(seed=seed, tensor_index=ti, name=ts.name, fields=fields,
+                          state_in=state_in, state_out=state_out,
+                          entropy_follows=self.zstd_level is not None, recon=recon)
+                r = _encode_chain(self.lossy, 0, x, ctx)
+                outs.append(from_numpy(_host(r), ts) if recon else None)
+                continue
             a = to_numpy(v)
             if not ts.is_float or self.raw:
                 m = masks.get(ts.name) if masks and ts.is_float else None
@@ -235,6 +259,33 @@ class Codec:
     def decode(self, blob: bytes, **kw):
         return decompress(blob, **kw)
 
+    def _on_device(self, v, ts: TensorSpec, masks) -> bool:
+        """Whether tensor ``v`` is encoded by the Triton kernels (fedpress.kernels.routes): not with
+        error feedback (its residual state lives on the host) or a pruning mask, and only when the
+        first stage has a device implementation."""
+        return (not self.error_feedback and not (masks and ts.name in masks)
+                and hasattr(self.lossy[0], "encode_device") and kernels.routes(v))
+
+
+def _torch_f32():
+    import torch
+
+    return torch.float32
+
+
+def _host(r):
+    """A stage's reconstruction as a float32 ndarray (torch tensors come to the host)."""
+    return to_numpy(r) if _is_torch(r) else r
+
+
+def _to_device(obj, device):
+    """A decoded tensor or array as a torch tensor on ``device``."""
+    import torch
+
+    if not _is_torch(obj):
+        obj = torch.from_numpy(np.ascontiguousarray(obj))
+    return obj.to(device)
+
 
 def _all_finite(x: np.ndarray) -> bool:
     k = kernels.cpu()
@@ -247,6 +298,13 @@ def _all_finite(x: np.ndarray) -> bool:
         if np.isfinite(np.add.reduce(x.reshape(-1))):
             return True
     return bool(np.isfinite(x).all())
+
+
+def _device_dtype(t, ts: TensorSpec):
+    # float32 -> the tensor's dtype with torch's round-to-nearest-even casts, as from_numpy does
+    import torch
+
+    return t if ts.dtype == "float32" else t.to(getattr(torch, ts.dtype))
 
 
 def _check_masks(masks, st: Structure) -> dict[str, np.ndarray]:
@@ -303,8 +361,13 @@ def decompress(
     masks: Mapping[str, np.ndarray] | None = None,
     limits: Limits | None = None,
     specs: Iterable[str] | None = None,
+    device=None,
 ):
     """Decode a blob made by :func:`compress` / :meth:`Codec.encode` (no spec needed).
+
+    ``device`` (a torch device or string, e.g. ``"cuda"``) returns every tensor as a torch tensor
+    there; on CUDA the routed stages decode with the Triton kernels (:func:`fedpress.kernels.gpu`),
+    the others on the host. The values are the same either way.
 
     Raises :class:`fedpress.WireError` on anything malformed, and on nothing else.
     """
@@ -327,10 +390,11 @@ def decompress(
     # Tampered (checksum-recomputed) blobs may carry inf/NaN scales; the arithmetic on them must not
     # surface as RuntimeWarnings, which become exceptions under ``-W error``: only WireError may.
     with np.errstate(all="ignore"):
-        return _decode_tensors(p, c, mk, lim)
+        return _decode_tensors(p, c, mk, lim, device)
 
 
-def _decode_tensors(p, c: Codec, mk: dict, lim: Limits):
+def _decode_tensors(p, c: Codec, mk: dict, lim: Limits, device=None):
+    on_device = device is not None and kernels.routes(device)
     pos = [0]
     out = []
     for ti, ts in enumerate(p.structure.tensors):
@@ -353,17 +417,24 @@ def _decode_tensors(p, c: Codec, mk: dict, lim: Limits):
                 full = np.zeros(ts.numel, dt)
                 full[m] = a
                 a = full
-            out.append(from_numpy(a.reshape(ts.shape), ts))
+            a = from_numpy(a.reshape(ts.shape), ts)
+            out.append(a if device is None else _to_device(a, device))
             continue
         ctx = Ctx(seed=p.seed, tensor_index=ti, name=ts.name, fields=p.fields, pos=pos,
                   entropy_follows=c.zstd_level is not None, limits=lim)
         m = mk.get(ts.name)
-        if m is None:
+        if m is None and on_device:
+            r = _decode_chain(c.lossy, 0, ts.shape, ctx, device)
+            if _is_torch(r):  # already a float32 tensor on the device: only the dtype is left
+                out.append(_device_dtype(r.reshape(ts.shape), ts))
+                continue
+        elif m is None:
             r = _decode_chain(c.lossy, 0, ts.shape, ctx)
         else:
             r = np.zeros(ts.numel, np.float32)
             r[m] = _decode_chain(c.lossy, 0, (int(m.sum()),), ctx)
-        out.append(from_numpy(r.reshape(ts.shape), ts))
+        r = from_numpy(r.reshape(ts.shape), ts)
+        out.append(r if device is None else _to_device(r, device))
     if pos[0] != len(p.fields):
         raise WireError(f"{len(p.fields) - pos[0]} unexpected trailing field(s)")
     if p.structure.is_dict:

@@ -8,6 +8,10 @@ The NumPy code here is the definition of each codec. When :func:`fedpress.kernel
 compiled kernels, encode and decode hand the per-value loops to them instead; they produce the same
 bytes and the same reconstruction (``tests/kernels``). Random draws are made here either way and
 passed in, so the seed means the same thing on both paths.
+
+``encode_device``/``decode_device`` (q, sign) are the Triton path for torch tensors that
+:func:`fedpress.kernels.routes` sends there (CUDA tensors): the tensor stays on its device and only
+the fields of the blob travel to the host; same bytes again.
 """
 
 from __future__ import annotations
@@ -53,6 +57,17 @@ def _check_top(top: int, bits: int, sb: int, what: str) -> None:
 
 def _recon(rec, shape):
     return None if rec is None else rec.reshape(shape)
+
+
+def _host(t) -> np.ndarray:
+    """A device tensor's values as a host ndarray (for a field of the blob)."""
+    return t.cpu().numpy()
+
+
+def _device_f32(a, device):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(device)
 
 
 def _all_finite(*arrays) -> bool:
@@ -294,6 +309,46 @@ class Q(Stage):
         ctx.write(packed)
         return _recon(rec, x.shape)
 
+    def encode_device(self, x, ctx, rest):
+        g = kernels.gpu()
+        if g is None or self.target > 0:  # the target search stays on the reference path
+            return self.encode(x.cpu().numpy(), ctx, rest)
+        flat = x.reshape(-1)
+        n, bits = flat.numel(), self.bits
+        u = None
+        if self.stochastic:  # the reference's draws, made on the host and copied over
+            u = ctx.rng(bits).random(block_shape(n, self.block), dtype=np.float32)
+        mn, mx, lo, scale = g.q_params(flat, self.block, bits, self.mode)
+        require_finite(g.finite(mn, mx), ctx)
+        packed, rec = g.q_encode(flat, self.block, lo, scale, _q_top(bits, self.mode),
+                                 _store_bits(bits, ctx), u, ctx.recon)
+        if self.mode == "minmax":
+            ctx.write(_host(lo))
+        ctx.write(_host(scale))
+        ctx.write(_host(packed))
+        return _recon(rec, x.shape)
+
+    def decode_device(self, shape, ctx, rest, device):
+        g = kernels.gpu()
+        if g is None or self.target > 0:
+            return self.decode(shape, ctx, rest)
+        n, bits = numel(shape), self.bits
+        nb = n_blocks(n, self.block)
+        if self.mode == "minmax":
+            lo = ctx.read_f32(nb, "q block minima")
+            scale = ctx.read_f32(nb, "q block scales")
+        else:
+            scale = ctx.read_f32(nb, "q block scales")
+            lo = -scale * np.float32((1 << (bits - 1)) - 1)
+        sb = _store_bits(bits, ctx)
+        buf = ctx.read(packed_len(n, sb), "q codes")
+        out, top = g.q_decode(buf, n, self.block, sb, _device_f32(lo, device),
+                              _device_f32(scale, device))
+        _check_top(top, bits, sb, "q codes")
+        if self.mode == "absmax" and top > 2 * ((1 << (bits - 1)) - 1):
+            raise WireError("q codes out of range")
+        return out.reshape(shape)
+
     def decode(self, shape, ctx, rest):
         n = numel(shape)
         bits = self.bits
@@ -456,6 +511,29 @@ class Sign(Stage):
     def _dequant(bits, scale, n, bsz):
         s = np.repeat(scale, bsz)[:n]
         return np.where(bits.astype(bool), s, -s).astype(np.float32)
+
+    def encode_device(self, x, ctx, rest):
+        g = kernels.gpu()
+        flat = x.reshape(-1)
+        n = flat.numel()
+        if g is None or n == 0:
+            return self.encode(x.cpu().numpy(), ctx, rest)
+        sums = g.block_sums(flat, self.block)  # the fixed order of codecs._reduce
+        require_finite(g.finite(sums), ctx)
+        scale = g.sign_scale(sums, n, self.block)
+        ctx.write(_host(scale))
+        packed, rec = g.sign_encode(flat, self.block, scale, ctx.recon)
+        ctx.write(_host(packed))
+        return _recon(rec, x.shape)
+
+    def decode_device(self, shape, ctx, rest, device):
+        g = kernels.gpu()
+        n = numel(shape)
+        if g is None or n == 0:
+            return self.decode(shape, ctx, rest)
+        scale = ctx.read_f32(n_blocks(n, self.block), "sign scales")
+        buf = ctx.read(packed_len(n, 1), "sign bits")
+        return g.sign_decode(buf, n, self.block, _device_f32(scale, device)).reshape(shape)
 
     def decode(self, shape, ctx, rest):
         n = numel(shape)

@@ -3,7 +3,10 @@
 The kept values become a sub-tensor that the rest of the chain compresses further
 (``topk:ratio=0.01+q:bits=8``). Indices travel as delta-varints or as a bitmap, whichever is smaller.
 Top-k's selection, threshold's scan and the varint coding run in :mod:`fedpress.kernels` when it is
-enabled, with the same result as the NumPy definitions here.
+enabled, with the same result as the NumPy definitions here. On the Triton path (torch tensors that
+:func:`fedpress.kernels.routes` sends there) top-k's selection and threshold's scan run on the
+device, and the kept values stay there for the next stage; the indices' varints are written on
+the host.
 """
 
 from __future__ import annotations
@@ -98,6 +101,35 @@ def _scatter(n: int, idx: np.ndarray, vals: np.ndarray, shape) -> np.ndarray:
     return out.reshape(shape)
 
 
+def _scatter_device(n: int, idx, vals, shape, device):
+    """:func:`_scatter` into a torch tensor on ``device`` (idx and vals: arrays or tensors)."""
+    import torch
+
+    idx = torch.as_tensor(np.asarray(idx) if isinstance(idx, np.ndarray) else idx).to(device)
+    if isinstance(vals, np.ndarray):
+        vals = torch.from_numpy(np.ascontiguousarray(vals, np.float32))
+    out = torch.zeros(n, dtype=torch.float32, device=device)
+    out[idx] = vals.to(device).reshape(-1)
+    return out.reshape(shape)
+
+
+def _device_selected(x, ctx, rest, select):
+    # The device path of top-k and threshold: select on the device, write the indices (host
+    # varints), hand the kept values on, still on the device.
+    flat = x.reshape(-1)
+    idx = select(flat)
+    write_indices(ctx, idx.cpu().numpy(), flat.numel())
+    (vals,) = rest([flat[idx]])
+    return None if vals is None else _scatter_device(flat.numel(), idx, vals, x.shape, x.device)
+
+
+def _decode_selected(ctx, rest, shape, device, k):
+    n = numel(shape)
+    idx = read_indices(ctx, n, k)
+    (vals,) = rest([(idx.size,)])
+    return _scatter_device(n, idx, vals, shape, device)
+
+
 def keep_count(n: int, ratio: float) -> int:
     """Values kept out of n: ⌈ratio·n⌉, at least one of a non-empty tensor."""
     return 0 if n == 0 else min(n, max(1, math.ceil(ratio * n - 1e-9)))
@@ -158,6 +190,21 @@ class TopK(Stage):
         idx = read_indices(ctx, n, k)
         (vals,) = rest([(k,)])
         return _scatter(n, idx, vals, shape)
+
+    def encode_device(self, x, ctx, rest):
+        g = kernels.gpu()
+        if g is None:
+            return self.encode(x.cpu().numpy(), ctx, rest)
+
+        def select(flat):
+            idx, finite = g.topk_checked(flat, keep_count(flat.numel(), self.ratio))
+            require_finite(finite, ctx)  # its counting pass checks finiteness on the way
+            return idx
+
+        return _device_selected(x, ctx, rest, select)
+
+    def decode_device(self, shape, ctx, rest, device):
+        return _decode_selected(ctx, rest, shape, device, keep_count(numel(shape), self.ratio))
 
 
 @register
@@ -242,3 +289,12 @@ class Threshold(Stage):
         idx = read_indices(ctx, n)
         (vals,) = rest([(idx.size,)])
         return _scatter(n, idx, vals, shape)
+
+    def encode_device(self, x, ctx, rest):
+        g = kernels.gpu()
+        if g is None:
+            return self.encode(x.cpu().numpy(), ctx, rest)
+        return _device_selected(x, ctx, rest, lambda f: g.indices_ge(f, np.float32(self.tau)))
+
+    def decode_device(self, shape, ctx, rest, device):
+        return _decode_selected(ctx, rest, shape, device, None)

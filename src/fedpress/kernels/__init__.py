@@ -44,31 +44,44 @@ to compile (cold caches cost every fresh checkout ~50 s instead of ~15 s), its d
 aborts forked children (``fedpress compare --jobs N`` forks) and its workqueue layer is not
 thread-safe.
 
-GPU (not built yet)
--------------------
-No GPU was available when these kernels were written, so there is no Triton code (triton 3.9.0 does
-install beside torch 2.13.0+cpu, but its CPU interpreter checks semantics, not speed, and this
-package should not pull a 290 MB wheel for code nobody could time). ``fedpress bench codecs --device
-cuda`` says so. The design for whoever has a GPU, per kernel one launch over a 1-D grid of tiles (one
-tile = a multiple of 40 values, so packed bytes and trit bytes never straddle two programs):
+GPU (Triton; tested in the interpreter only)
+--------------------------------------------
+:func:`gpu` returns :mod:`fedpress.kernels._triton` when triton imports (the optional extra
+``fedpress[gpu]``, ``triton==3.9.0``) and there is something to run it on: a CUDA device, or Triton's
+CPU interpreter when ``TRITON_INTERPRET=1`` or :func:`using_gpu` (``True``) asks for it. Switching
+the kernels off (``FEDPRESS_KERNELS=0``, ``using(False)``) switches it off too. :func:`routes` says
+whether a tensor takes that path: CUDA tensors by default, CPU torch tensors too under
+``using_gpu(True)`` (how ``tests/kernels/test_triton.py`` runs every kernel in the interpreter on a
+machine without a GPU), none under ``using_gpu(False)``.
 
-* blockwise quantise: tile = whole quantisation blocks; ``tl.min``/``tl.max`` in registers give the
-  block range, then quantise, shift codes into ``bits``-byte groups and store bytes; scales stored
-  by the tile that owns the block. Blocks larger than a tile: a first grid reduces min/max per
-  (block, tile), a second quantises.
-* sign: ``x >= 0`` packed 8→1 with shifts and a sum over the group axis; the per-block |x| sums use
-  the fixed span/lane order of :mod:`fedpress.codecs._reduce` (one program per span, 16 lanes), so
-  GPU scales equal CPU scales bit for bit.
-* top-k: sampled threshold (as on CPU), then one grid counts ``|x| >= t`` per tile, an exclusive
-  scan gives offsets, a second grid compacts (index, value) pairs; the exact fix-up runs on the small
-  candidate set. Random-k and stochastic rounding take their uniforms/positions from the same
-  NumPy-seeded draws (copied to the device) so blobs stay identical across devices.
-* decoders: unpack + dequantise fused, one tile per program, writing float32 directly.
+Routed, for a torch tensor on that path: the encode of ``q`` (1-8 bits, minmax/absmax,
+deterministic and stochastic; not ``target=``), ``sign``, ``topk`` and ``threshold`` when they are
+the first stage (not under ``ef`` nor with pruning masks: those keep host state), chains that stay on
+the device (``topk+q``, ``threshold+sign``), and their decoders with
+``fedpress.decompress(blob, device="cuda")``. Other stages take the tensor to the host and run as
+before. One launch per step over a 1-D grid:
 
-Bit-identity with the CPU needs three cares: ``enable_fp_fusion=False`` (Triton fuses ``a*b+c``
-into an FMA by default; the reference rounds twice), correctly rounded division (libdevice
-``div_rn``: Triton lowers fp32 ``/`` to an approximate divide), and the reference's order for sums.
-``tests/kernels`` applies unchanged: same blob, same reconstruction.
+* q: per-block min/max in an integer key space (one program per (block, 4096-value span) item, a
+  second reduction across spans for big blocks), lo/scale per block in a tiny kernel, then one
+  quantise + pack pass (2048 values per program, groups of 8 codes → ``bits`` bytes, so programs
+  never share a byte), with the reconstruction fused when wanted;
+* sign: the |x| sums in the span/lane order of :mod:`fedpress.codecs._reduce` (a sequential
+  float64 loop per lane; spans of one block are added on the host, one float64 per 4096 values),
+  then sign + pack;
+* top-k: the CPU's sampled threshold, a count per tile (which also finds NaN/inf), an exclusive scan,
+  a compaction in index order and the exact fix-up (``torch.kthvalue``, ties to the lower index)
+  on the ~1.2k candidates; threshold reuses the count and compaction;
+* decoders: unpack + dequantise fused, writing float32, with the largest code for the range checks.
+
+Stochastic rounding's uniforms are NumPy's draws, made on the host as on every path and copied to the
+device. Bit-identity cares: ``enable_fp_fusion=False`` and ``enable_reflect_ftz=False`` on every
+launch, correctly rounded division (PTX ``div.rn.f32`` on a GPU; the interpreter's division is
+NumPy's), round-half-even without libdevice, the reference's order for sums. The interpreter proves
+the semantics, not the compiled code: the first GPU visit runs ``benchmarks/gpu_kernels.py``, which
+checks the bytes against the CPU reference and then times the kernels against ``torch.clone`` and
+naive torch (targets: encode ≤ 1.5× clone for q and sign, ≤ 3× for top-k 1 %). No GPU timings exist
+yet. The D2H copy of the blob's fields (and H2D of stochastic uniforms) is outside the kernels and
+dominates an end-to-end ``compress`` of a CUDA tensor.
 """
 
 from __future__ import annotations
@@ -83,7 +96,9 @@ SERIAL_BELOW = 1 << 16
 
 _OFF = ("0", "off", "false", "no")
 _forced: list[bool | None] = [None]
+_gpu_forced: list[bool | None] = [None]
 _loaded: list[ModuleType | None] = []
+_gpu_loaded: list[ModuleType | None] = []
 _import_lock = threading.Lock()
 
 
@@ -134,19 +149,107 @@ def using(on: bool | None):
 
 
 def describe() -> str:
-    """One line saying which path codecs take here, for benchmark reports.
+    """One line saying which path codecs take here, for benchmark reports (CPU path, then the
+    GPU path when it is available).
 
     >>> describe().startswith(("numba", "numpy"))
     True
     """
     m = _load()
     if m is None:
-        return "numpy: numba not installed"
-    if not enabled():
-        return "numpy: kernels off (FEDPRESS_KERNELS=0 or using(False))"
-    import numba
+        out = "numpy: numba not installed"
+    elif not enabled():
+        out = "numpy: kernels off (FEDPRESS_KERNELS=0 or using(False))"
+    else:
+        import numba
 
-    return f"numba {numba.__version__}: {m.threads()} threads"
+        out = f"numba {numba.__version__}: {m.threads()} threads"
+    g = gpu()
+    if g is not None:
+        out += f"; GPU: {g.describe()}"
+    return out
+
+
+def _switched_off() -> bool:
+    forced = _forced[-1]
+    if forced is not None:
+        return not forced
+    return os.environ.get("FEDPRESS_KERNELS", "1").strip().lower() in _OFF
+
+
+def gpu() -> ModuleType | None:
+    """The Triton kernel module, or ``None``: triton missing, kernels switched off (as for
+    :func:`cpu`: ``FEDPRESS_KERNELS=0``, ``using(False)``, or ``using_gpu(False)``), or nothing to
+    run them on (no CUDA device; the CPU interpreter counts only when ``TRITON_INTERPRET=1`` or
+    ``using_gpu(True)`` asks for it).
+
+    >>> m = gpu()
+    >>> m is None or hasattr(m, "q_encode")
+    True
+    """
+    if _switched_off() or _gpu_forced[-1] is False:
+        return None
+    m = _load_gpu()
+    if m is None:
+        return None
+    if m.INTERPRETED and not (_gpu_forced[-1] or os.environ.get("TRITON_INTERPRET") == "1"):
+        return None
+    return m
+
+
+@contextlib.contextmanager
+def using_gpu(on: bool | None):
+    """Route torch tensors through the Triton kernels (``True``, CPU tensors included: on a machine
+    without CUDA they run in Triton's interpreter, which is how the tests check the GPU code),
+    never (``False``: CUDA tensors are copied to the host and take the CPU path), or by default
+    (``None``: CUDA tensors only).
+
+    >>> with using_gpu(False):
+    ...     gpu() is None
+    True
+    """
+    _gpu_forced.append(on)
+    try:
+        yield
+    finally:
+        _gpu_forced.pop()
+
+
+def routes(x) -> bool:
+    """Whether a torch tensor (or a torch device, or a device string) takes the Triton path.
+
+    >>> routes(None), routes("cpu")
+    (False, False)
+    """
+    if x is None:
+        return False
+    if isinstance(x, str):
+        kind = x.split(":")[0]
+    else:
+        dev = getattr(x, "device", x)
+        kind = getattr(dev, "type", None)
+        if kind is None or not type(x).__module__.startswith("torch"):
+            return False
+    if kind != "cuda" and _gpu_forced[-1] is not True:
+        return False
+    return gpu() is not None
+
+
+def _load_gpu() -> ModuleType | None:
+    if _gpu_loaded:
+        return _gpu_loaded[0]
+    with _import_lock:
+        if not _gpu_loaded:
+            try:
+                import torch  # noqa: F401
+                import triton  # noqa: F401
+            except ImportError:
+                _gpu_loaded.append(None)
+            else:
+                from fedpress.kernels import _triton as mod
+
+                _gpu_loaded.append(mod)
+    return _gpu_loaded[0]
 
 
 def _load() -> ModuleType | None:
