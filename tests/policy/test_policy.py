@@ -193,3 +193,51 @@ def test_deadline_cut_sits_out_a_lone_slow_known_client_within_the_drop_share():
     assert Deadline(20.0, cut=3, ladder=ladder).assign(_info(), [*fast, new])[9] is not None
     with pytest.raises(ValueError, match="cut > 1"):
         make_policy("deadline:seconds=5,cut=0.5")
+
+
+def test_deadline_sync_sends_the_whole_model_lossily_only_when_exact_would_be_late():
+    # 0.2 Mbit/s down: the exact 100 kB model takes 4 s, fp16 2 s, q8 1 s (+ latency, compute, upload)
+    syncs = {"none": 100_000, "fp16": 50_000, "q:bits=8": 25_000}
+    slow = ClientView(client=1, up_mbps=1.0, down_mbps=0.2, up_latency_s=0.05, down_latency_s=0.05,
+                      compute_s=0.5, down_bytes=100_000, sync_bytes=syncs)
+    fast = ClientView(client=2, up_mbps=10.0, down_mbps=10.0, up_latency_s=0.05, down_latency_s=0.05,
+                      compute_s=0.5, down_bytes=100_000, sync_bytes=syncs)
+    ladder = tuple(LADDER)
+    ups, downs = Deadline(3.0, safety=1.0, slack=1.0, sync=1, ladder=ladder).assign_sync(_info(), [slow, fast])
+    # slow: exact 4.6+ s misses 3 s, fp16 0.05+2+0.5+0.05+0.016 = 2.616 s fits
+    assert downs == {1: "fp16"} and ups[1] == "ef+topk:ratio=0.01+q:bits=8"
+    assert ups[2] == "none"  # 0.08+0.5+0.05+0.32 = 0.95 s: fast gets the exact model and sends raw
+    # no slack: the round cannot end before the slow client's fastest way, q8 + top-k (1.616 s)
+    ups, downs = Deadline(3.0, safety=1.0, slack=0.0, sync=1, ladder=ladder).assign_sync(_info(), [slow, fast])
+    assert downs == {1: "q:bits=8"} and ups == {1: "ef+topk:ratio=0.01+q:bits=8", 2: "none"}
+    # with sync=0 the slow client cannot make 3 s at all: known and hopeless, it sits out
+    ups0, downs0 = Deadline(3.0, safety=1.0, slack=0.0, sync=0, ladder=ladder).assign_sync(_info(), [slow, fast])
+    assert ups0[1] is None and downs0 == {}
+    # a client never seen gets the smallest model download and the hardest rung
+    new = ClientView(**{**fast.__dict__, "client": 3, "known": False})
+    assert Deadline(3.0, sync=1, ladder=ladder).assign_sync(_info(), [new])[1] == {3: "q:bits=8"}
+    # deltas suffice (no sync_bytes): nothing to choose
+    plain = ClientView(**{**slow.__dict__, "client": 4, "sync_bytes": None, "down_bytes": 5_000})
+    assert Deadline(3.0, sync=1, ladder=ladder).assign_sync(_info(), [plain])[1] == {}
+
+
+def test_deadline_sync_in_simulation_counts_the_lossy_blob_and_resyncs_next_time():
+    g = torch.Generator().manual_seed(3)
+    clients = [(torch.randn(40, 10, generator=g), torch.randint(0, 3, (40,), generator=g)) for _ in range(4)]
+    test = (torch.randn(80, 10, generator=g), torch.randint(0, 3, (80,), generator=g))
+    model = lambda: torch.nn.Sequential(torch.nn.Linear(10, 256), torch.nn.ReLU(), torch.nn.Linear(256, 3))  # noqa: E731
+    fast = Link(up_mbps=20, down_mbps=50, latency_s=0.02)
+    slow = Link(up_mbps=0.05, down_mbps=0.05, latency_s=0.1)  # the exact 14 kB model: ~2.3 s down
+    kw = {"rounds": 5, "per_round": 4, "network": [fast, fast, fast, slow], "deadline": 3.0,
+          "down_codec": "ef+q:bits=8"}
+    res = Simulation(model, clients, test, policy="deadline:seconds=3", **kw).run()  # sync=1: default
+    full = len(fedpress.compress({k: v for k, v in model().state_dict().items()}, "none"))
+    synced = [h for h in res.history if "3" in h.get("client_syncs", {})]
+    assert synced, "the slow client never got a lossy whole model"
+    for h in synced:
+        assert h["client_syncs"]["3"] in ("fp16", "q:bits=8")
+    # every round the slow client needs the whole model again; each lossy copy is smaller than it
+    assert sum(h["clients_dropped"] for h in res.history[1:]) == 0
+    assert all(h["downlink_bytes"] < 4 * full for h in synced)
+    exact = Simulation(model, clients, test, policy="deadline:seconds=3,sync=0", **kw).run()
+    assert all("client_syncs" not in h for h in exact.history)

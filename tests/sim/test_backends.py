@@ -198,3 +198,29 @@ def test_ray_backend_ships_views_compactly(monkeypatch):
     assert torch.equal(x, clients[3][0]) and torch.equal(y, clients[3][1])
     assert x.untyped_storage().nbytes() == 10 * 10 * 4  # only its own rows travel
     be.close()
+
+
+def test_client_update_trains_from_a_lossy_start_and_takes_its_delta_from_it():
+    from fedpress import compress, decompress
+    from fedpress.fl.client import TrainConfig
+    from fedpress.sim.backends import ClientJob, client_update
+    from fedpress.wire.format import Structure
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    data = (torch.randn(20, 6), torch.randint(0, 3, (20,)))
+    blob = compress(params, "q:bits=4")
+    lossy = decompress(blob)
+    assert any(not torch.equal(lossy[k], params[k]) for k in params)
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=0.0)  # no step: the update is only the start's error
+    job = ClientJob(client=0, spec="none", state=None, train_seed=1, encode_seed=2, start=blob)
+    kw = {"structures": [Structure.of(params)], "specs": ["none"]}  # uplink blobs carry references
+    out = client_update(model, params, data, cfg, job, float_keys=list(params))
+    assert all(torch.count_nonzero(v) == 0 for v in decompress(out["blob"], **kw).values())
+    exact = client_update(model, params, data, cfg, ClientJob(0, "none", None, 1, 2), float_keys=list(params))
+    assert all(torch.count_nonzero(v) == 0 for v in decompress(exact["blob"], **kw).values())
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=0.1)
+    a = client_update(model, params, data, cfg, job, float_keys=list(params))
+    b = client_update(model, params, data, cfg, ClientJob(0, "none", None, 1, 2), float_keys=list(params))
+    assert a["blob"] != b["blob"]  # it really trained from the lossy copy

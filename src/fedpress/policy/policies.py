@@ -36,6 +36,10 @@ DEFAULT_LADDER = (
 )
 
 
+#: Ways to send the whole model to a client that lacks it, least lossy first ("none": exact).
+DEFAULT_SYNC = ("none", "fp16", "q:bits=8")
+
+
 @dataclass(frozen=True)
 class ClientView:
     """What the server believes about one sampled client this round."""
@@ -48,10 +52,15 @@ class ClientView:
     compute_s: float
     down_bytes: int
     known: bool = True  # the server has observed this client's transfers before
+    #: A client that must download the whole model: the size of each way to send it, from "none"
+    #: (exact float32, what ``down_bytes`` already is) to lossy ones; None when deltas suffice.
+    sync_bytes: dict[str, int] | None = None
 
-    def predict(self, up_bytes: int) -> float:
-        """Predicted download + compute + upload seconds for an upload of ``up_bytes``."""
-        return (self.down_latency_s + 8 * self.down_bytes / (self.down_mbps * 1e6) + self.compute_s
+    def predict(self, up_bytes: int, down_bytes: int | None = None) -> float:
+        """Predicted download + compute + upload seconds for an upload of ``up_bytes`` (and a
+        download of ``down_bytes``, by default this round's ``down_bytes``)."""
+        down = self.down_bytes if down_bytes is None else down_bytes
+        return (self.down_latency_s + 8 * down / (self.down_mbps * 1e6) + self.compute_s
                 + self.up_latency_s + 8 * up_bytes / (self.up_mbps * 1e6))
 
 
@@ -66,13 +75,21 @@ class RoundInfo:
 
 
 class Policy:
-    """Base class: ``assign`` maps each sampled client to a codec spec."""
+    """Base class: ``assign`` maps each sampled client to a codec spec (None: not this round).
+
+    ``assign_sync`` also says how clients that must download the whole model receive it (a spec
+    from ``ClientView.sync_bytes``; absent means exact float32); by default always exactly.
+    """
 
     name = "fixed"
     ladder: tuple[str, ...] = DEFAULT_LADDER
+    sync_ladder: tuple[str, ...] = ()
 
     def assign(self, info: RoundInfo, clients: list[ClientView]) -> dict[int, str]:  # pragma: no cover
         raise NotImplementedError
+
+    def assign_sync(self, info: RoundInfo, clients: list[ClientView]) -> tuple[dict, dict[int, str]]:
+        return self.assign(info, clients), {}
 
 
 class Deadline(Policy):
@@ -93,6 +110,12 @@ class Deadline(Policy):
     set T: their link is the estimator's guess, a wrong guess costs a straggler, and compressing
     one update hard costs little. ``unknown="prior"`` trusts the estimator's prior instead.
 
+    A client that must download the whole model (first time sampled, or too far behind for the
+    missed broadcasts) may receive it lossily (``fp16`` or ``q:bits=8`` of the weights) when the
+    exact float32 model would not arrive in time (``sync=1``, the default; ``sync=0``: always
+    exact): it trains from that copy, its update is taken relative to it, and it downloads the
+    whole model again next time. On slow links that download, not the upload, is most of a round.
+
     ``cut=C`` (off by default) also sits out a known client predicted more than C× slower than the
     next slowest, at most ``drop`` (0.2) of the round: it alone would set the round's length.
     That trades its data for time, so it can bias the model against slow clients' data.
@@ -102,28 +125,41 @@ class Deadline(Policy):
 
     def __init__(self, seconds: float, safety: float = 0.9, slack: float = 0.25, skip: float = 1.0,
                  unknown: str = "hard", cut: float = float("inf"), drop: float = 0.2,
-                 ladder=DEFAULT_LADDER):
+                 sync: float = 1.0, ladder=DEFAULT_LADDER, sync_ladder=DEFAULT_SYNC):
         if not seconds > 0:
             raise ValueError(f"deadline policy: seconds must be > 0, got {seconds}")
         if unknown not in ("hard", "prior"):
             raise ValueError(f"deadline policy: unknown must be 'hard' or 'prior', got {unknown!r}")
-        self.seconds, self.safety, self.slack = float(seconds), float(safety), float(slack)
         if not cut > 1 or not 0 <= drop < 1:
             raise ValueError(f"deadline policy: need cut > 1 and 0 <= drop < 1, got {cut}, {drop}")
+        self.seconds, self.safety, self.slack = float(seconds), float(safety), float(slack)
         self.skip = bool(skip)
         self.unknown = unknown
         self.cut, self.drop = float(cut), float(drop)
         self.ladder = tuple(ladder)
+        self.sync_ladder = tuple(sync_ladder) if sync else ()
 
     def assign(self, info, clients):
+        return self.assign_sync(info, clients)[0]
+
+    def _syncs(self, v: ClientView) -> list[tuple[str, int]]:
+        """(spec, bytes) ways this client can receive the model, least lossy first."""
+        if not self.sync_ladder or not v.sync_bytes:
+            return [("none", v.down_bytes)]
+        return [(s, v.sync_bytes[s]) for s in self.sync_ladder if s in v.sync_bytes]
+
+    def assign_sync(self, info, clients):
         limit = self.seconds * self.safety
         hardest = info.ladder_bytes[self.ladder[-1]]
-        floor = [v.predict(hardest) for v in clients]
+        syncs = {v.client: self._syncs(v) for v in clients}
+        # The fastest a client can be: hardest uplink rung, smallest way to get the model.
+        floor = [min(v.predict(hardest, b) for _, b in syncs[v.client]) for v in clients]
         # With unknown="hard" a client never seen sends with the most aggressive rung and does not
         # set the round's pace: its link is a guess, and a wrong guess costs a straggler (the
         # whole deadline) while over-compressing one update costs little.
+        guess = self.unknown == "prior"
         pace = sorted((t, v.client) for v, t in zip(clients, floor, strict=True)
-                      if t <= limit and (v.known or self.unknown == "prior"))
+                      if t <= limit and (v.known or guess))
         out: dict[int, str | None] = {}
         # A known client predicted `cut`x slower than everyone else even at its hardest rung would
         # set the whole round's length alone: it sits out (at most `drop` of the round).
@@ -131,22 +167,27 @@ class Deadline(Policy):
         while budget > 0 and len(pace) >= 2 and pace[-1][0] > self.cut * pace[-2][0]:
             out[pace.pop()[1]] = None
             budget -= 1
-        pace = [t for t, _ in pace]
-        eff = min(limit, max(pace) * (1 + self.slack)) if pace else limit
+        eff = min(limit, pace[-1][0] * (1 + self.slack)) if pace else limit
+        sync_out: dict[int, str] = {}
         for v, t_min in zip(clients, floor, strict=True):
             if v.client in out:
                 continue
             if self.skip and v.known and t_min > limit:
                 out[v.client] = None
                 continue
+            options = syncs[v.client]
+            down = min(options, key=lambda o: o[1])  # unknown or hopeless: the smallest
             pick = self.ladder[-1]
-            if v.known or self.unknown == "prior":
-                for spec in self.ladder:
-                    if v.predict(info.ladder_bytes[spec]) <= eff:
-                        pick = spec
-                        break
+            if v.known or guess:
+                # The model the client starts from first (least lossy sync that still lets the
+                # hardest rung finish in time), then the mildest uplink rung on top of it.
+                down = next((o for o in options if v.predict(hardest, o[1]) <= eff), down)
+                pick = next((sp for sp in self.ladder
+                             if v.predict(info.ladder_bytes[sp], down[1]) <= eff), pick)
             out[v.client] = pick
-        return out
+            if down[0] != "none":
+                sync_out[v.client] = down[0]
+        return out, sync_out
 
 
 class Budget(Policy):
@@ -206,7 +247,7 @@ _WORDS = ("unknown",)  # parameters whose values are words, not numbers
 
 def make_policy(spec: str | Policy | None) -> Policy | None:
     """``fixed`` (None), ``deadline:seconds=S[,safety=F,slack=F,skip=0|1,unknown=hard|prior,cut=C,
-    drop=F]``, ``budget:bytes=B`` or ``accordion[:eta=E,interval=I,warmup=W]``; anything else is
+    drop=F,sync=0|1]``, ``budget:bytes=B`` or ``accordion[:eta=E,interval=I,warmup=W]``; anything else is
     one clear ValueError.
 
     >>> make_policy("deadline:seconds=10,unknown=prior").unknown

@@ -27,6 +27,9 @@ class ClientJob:
     state: dict | None
     train_seed: int
     encode_seed: int
+    #: The whole model as the client received it, when that was lossy (a blob it decodes and trains
+    #: from; its delta is taken relative to it). None: it holds the broadcast model exactly.
+    start: bytes | None = None
 
 
 def client_update(model: torch.nn.Module, params: dict, data, cfg: TrainConfig, job: ClientJob, *,
@@ -36,6 +39,10 @@ def client_update(model: torch.nn.Module, params: dict, data, cfg: TrainConfig, 
     a crashing client cannot take the round down). With ``clip`` (differential privacy) the delta's
     L2 norm is clipped *before* compression, so error feedback only ever sees clipped updates."""
     t0 = time.perf_counter()
+    if job.start is not None:
+        from fedpress.codecs.combine import decompress
+
+        params = {**params, **decompress(job.start)}
     try:
         new, loss = local_train(model, params, data, cfg, seed=job.train_seed, loss_fn=loss_fn, masks=masks)
     except Exception as exc:  # noqa: BLE001 - any client failure is reported, not raised

@@ -6,7 +6,8 @@ One round, as the server sees it:
    broadcasts let them rebuild. Without a downlink codec B = G and every sampled client downloads
    the full model. With one, the server compresses G − B (with its own error feedback), B moves by
    what was sent, and a client that missed rounds is brought in sync by the missed broadcasts or
-   the full model, whichever is smaller.
+   the full model, whichever is smaller (a policy may send a slow client the full model lossily;
+   it then trains from that copy and gets the full model again next time).
 2. **Local training** from B on each sampled, online client (FedProx, L1/L2, pruning masks).
 3. **Uplink.** Each client compresses its delta with *its own* codec state (error-feedback residual,
    PowerSGD factor), which persists across the rounds it sits out. Every byte counted is
@@ -282,7 +283,8 @@ class Simulation:
         f = np.random.default_rng([self.seed, rnd, client, 17]).lognormal(0.0, self.jitter, 2)
         return dataclasses.replace(ln, up_mbps=ln.up_mbps * f[0], down_mbps=ln.down_mbps * f[1])
 
-    def _assign(self, st, t, online, downs, float_keys, masks_np) -> dict[int, str]:
+    def _assign(self, st, t, online, downs, float_keys, masks_np, whole, sync_blobs,
+                full_len) -> tuple[dict, dict]:
         from fedpress.policy import ClientView, RoundInfo
 
         ladder = tuple(self.policy.ladder)
@@ -302,12 +304,16 @@ class Simulation:
         views = [ClientView(client=c, up_mbps=est.mbps(c, "up"), down_mbps=est.mbps(c, "down"),
                             up_latency_s=est.latency(c, "up"), down_latency_s=est.latency(c, "down"),
                             compute_s=est.predict_compute(c, float(self.clients[c][0].shape[0]) * self.train_cfg.epochs),
-                            down_bytes=downs[c], known=est.known(c, "up")) for c in online]
+                            down_bytes=downs[c], known=est.known(c, "up"),
+                            sync_bytes=({"none": downs[c], **{sp: downs[c] - full_len + len(b)
+                                                              for sp, b in sync_blobs.items()}}
+                                        if c in whole and sync_blobs else None))
+                 for c in online]
         budget = getattr(self.policy, "total", None)
         info = RoundInfo(round=t, rounds=self.rounds, deadline=self.deadline,
                          budget_left=None if budget is None else budget - st["cum_up"],
                          ladder_bytes=st["ladder_bytes"], history=st["history"])
-        return self.policy.assign(info, views)
+        return self.policy.assign_sync(info, views)
 
     def _evaluate(self, model, params) -> tuple[float, float]:
         x, y = self.test
@@ -437,6 +443,7 @@ class Simulation:
 
         # -- what each online client must download to hold B (known before anyone trains)
         downs: dict[int, int] = {}
+        whole: set[int] = set()  # clients that download the whole model this round
         for c in online:
             ver = st["client_version"].get(c, -1)
             if self.down_codec is None or ver < 0:
@@ -445,18 +452,29 @@ class Simulation:
                 missed = [n for (rr, n) in st["bcast"] if rr > ver]
                 have_all = any(rr == ver + 1 for rr, _ in st["bcast"]) or ver == t
                 down = min(sum(missed), full_len) if have_all else full_len
+            if down == full_len:
+                whole.add(c)
             if masks and st["client_mask_version"].get(c, -2) < st["mask_version"]:
                 down += mask_blob_len
             downs[c] = down
 
         # -- the policy picks each client's codec from what the server knows (None: not this round)
-        self._assigned = self._assign(st, t, online, downs, float_keys, masks_np) if self.policy else {}
+        # and, for a client that downloads the whole model, whether it gets it lossily.
+        sync_blobs: dict[str, bytes] = {}
+        if self.policy and whole and self.policy.sync_ladder:
+            sync_blobs = {sp: compress(B, sp) for sp in self.policy.sync_ladder if sp != "none"}
+        self._assigned, syncs = (self._assign(st, t, online, downs, float_keys, masks_np, whole, sync_blobs, full_len)
+                                 if self.policy else ({}, {}))
         skipped = [c for c in online if self.policy and self._assigned.get(c) is None]
         online = [c for c in online if c not in skipped]
+        syncs = {c: sp for c, sp in syncs.items() if c in online and c in whole and sp in sync_blobs}
         for c in online:  # these clients now download and hold B_t
             st["client_version"][c] = t
             if masks:
                 st["client_mask_version"][c] = st["mask_version"]
+        for c, sp in syncs.items():  # ... except a lossy copy of it: next time, the whole model again
+            downs[c] += len(sync_blobs[sp]) - full_len
+            st["client_version"][c] = -1
 
         results = []  # (client, blob, weight, down, up, compute_s, train_loss, spec)
         failed = 0
@@ -480,7 +498,8 @@ class Simulation:
             online = []  # one client alone would expose its update: nobody trains this round
         jobs = [ClientJob(client=c, spec=None if self.secagg else self.codec_for(c, t).spec,
                           state=st["client_states"].get(c), train_seed=derive_seed(self.seed, t, c, 2),
-                          encode_seed=derive_seed(self.seed, t, c, 3))
+                          encode_seed=derive_seed(self.seed, t, c, 3),
+                          start=sync_blobs[syncs[c]] if c in syncs else None)
                 for c in online]
         outs = self._backend.map(Bsnap, jobs, self.train_cfg, float_keys=float_keys, masks=masks,
                                  masks_np=masks_np, loss_fn=self.loss_fn, clip=self.dp_clip)
@@ -594,13 +613,15 @@ class Simulation:
             "train_loss": float(np.mean([r[6] for r in results])) if results else None,
             "client_codecs": {str(r[0]): r[7] for r in results} if len({r[7] for r in results}) > 1 else None,
             "client_uplink_bytes": {str(r[0]): r[4] for r in results},
+            "client_syncs": {str(c): sp for c, sp in syncs.items()} or None,
             **row_extra,
             **priv,
         }
         if masks is not None or self.train_cfg.l1 > 0:
             row["sparsity"] = sparsity_of(G)
-        if row["client_codecs"] is None:
-            del row["client_codecs"]
+        for key in ("client_codecs", "client_syncs"):
+            if row[key] is None:
+                del row[key]
         return row
 
     def _secagg_aggregate(self, st, sa, results, kept, online, template, R, t):
