@@ -82,6 +82,7 @@ class Policy:
     """
 
     name = "fixed"
+    spec: str | None = None  # set by make_policy
     ladder: tuple[str, ...] = DEFAULT_LADDER
     sync_ladder: tuple[str, ...] = ()
 
@@ -283,6 +284,8 @@ def make_policy(spec: str | Policy | None) -> Policy | None:
             for k in ("interval", "warmup"):
                 if k in kw:
                     kw[k] = int(kw[k])
-        return classes[name](**kw)
+        pol = classes[name](**kw)
     except TypeError as e:
         raise ValueError(f"bad policy {spec!r}: {e}") from None
+    pol.spec = spec.strip()  # the summary records exactly what was asked for
+    return pol

@@ -670,7 +670,7 @@ class Simulation:
             "rounds": len(hist), "sim_seconds": st["sim_seconds"], "wall_seconds": wall,
             "seed": self.seed, "clients": len(self.clients), "per_round": self.per_round,
             "strategy": self.strategy.name, "network": self.network_name, "deadline": self.deadline,
-            "policy": getattr(self.policy, "name", "fixed"),
+            "policy": (getattr(self.policy, "spec", None) or self.policy.name) if self.policy else "fixed",
             "secagg": self.secagg, "dropout": self.dropout, "aggregate": self.aggregate,
             "timing": {k: round(v, 4) for k, v in st["timing"].items()},
             **self.extra_summary,
