@@ -11,7 +11,6 @@ from fedpress.sim.network import (
     PRESETS,
     Link,
     Participant,
-    SimClock,
     compute_seconds,
     make_links,
     round_clock,
@@ -159,16 +158,3 @@ def test_sample_available_matches_availability():
     again = sample_available(links, cand, np.random.default_rng(0))
     assert np.array_equal(online, again)
     assert np.all(np.diff(online) > 0)  # candidate order preserved
-
-
-def test_sim_clock_accumulates_rounds():
-    clock = SimClock()
-    ps = _participants()
-    t1 = round_clock(ps, deadline_s=10.0)
-    t2 = round_clock(ps)
-    clock.advance(t1)
-    total = clock.advance(t2)
-    assert total == pytest.approx(t1.seconds + t2.seconds)
-    assert clock.rounds == 2
-    with pytest.raises(ValueError, match="round duration"):
-        clock.advance(-1.0)

@@ -42,7 +42,7 @@ preset       up Mbit/s  down Mbit/s  latency s  compute  availability
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -318,32 +318,3 @@ def sample_available(links: list[Link], candidates: np.ndarray, rng) -> np.ndarr
     # One uniform draw per candidate even when availability is 0 or 1, so the generator's stream
     # (and every later draw) does not depend on the availability values.
     return cand[rng.random(cand.size) < avail]
-
-
-@dataclass
-class SimClock:
-    """Accumulates simulated seconds across rounds.
-
-    >>> clock = SimClock()
-    >>> clock.advance(1.5), clock.advance(RoundTiming(2.0, [0], [], {0: 2.0}))
-    (1.5, 3.5)
-    >>> clock.rounds, clock.history
-    (2, [1.5, 2.0])
-    """
-
-    seconds: float = 0.0
-    history: list[float] = field(default_factory=list)
-
-    @property
-    def rounds(self) -> int:
-        """Number of rounds advanced so far."""
-        return len(self.history)
-
-    def advance(self, round_time: RoundTiming | float) -> float:
-        """Add one round's duration; returns the new total."""
-        s = round_time.seconds if isinstance(round_time, RoundTiming) else float(round_time)
-        if not (s >= 0 and math.isfinite(s)):
-            raise ValueError(f"round duration must be finite and >= 0, got {s!r}")
-        self.history.append(s)
-        self.seconds += s
-        return self.seconds
