@@ -1,9 +1,18 @@
-"""Casts: ``none`` (lossless float32), ``fp16`` and ``bf16``."""
+"""Casts: ``none`` (lossless float32), ``fp16`` and ``bf16``.
+
+The NumPy code here is the definition of fp16 and bf16 (``np.clip`` + NumPy's float16 cast, and
+:func:`to_bf16_bits`). When :func:`fedpress.kernels.cpu` returns the compiled kernels, encode and
+decode use their integer-arithmetic casts instead (one threaded pass, ~10x faster on large tensors):
+same blob and same reconstruction for every float32 bit pattern, NaN payloads included
+(``tests/kernels/test_casts.py``). Not torch's or F16C's conversions: those quieten signalling
+NaNs, which NumPy's cast does not.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from fedpress import kernels
 from fedpress.codecs.base import Ctx, Rest, Stage, f32_field, numel
 from fedpress.codecs.spec import register
 
@@ -45,13 +54,22 @@ class FP16(Stage):
     recon_optional = True
 
     def encode(self, x, ctx: Ctx, rest: Rest):
+        k = kernels.cpu()
+        if k is not None:
+            h, rec = k.f16_encode(x.ravel(), ctx.recon)
+            ctx.write(h)
+            return None if rec is None else rec.reshape(x.shape)
         h = np.clip(x, -_FP16_MAX, _FP16_MAX).astype("<f2")
         ctx.write(h)
         return h.astype(np.float32) if ctx.recon else None
 
     def decode(self, shape, ctx: Ctx, rest: Rest):
         n = numel(shape)
-        return np.frombuffer(ctx.read(2 * n, "fp16 values"), "<f2").astype(np.float32).reshape(shape)
+        buf = ctx.read(2 * n, "fp16 values")
+        k = kernels.cpu()
+        if k is not None:
+            return k.f16_decode(buf, n).reshape(shape)
+        return np.frombuffer(buf, "<f2").astype(np.float32).reshape(shape)
 
 
 def to_bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -80,11 +98,19 @@ class BF16(Stage):
     recon_optional = True
 
     def encode(self, x, ctx: Ctx, rest: Rest):
+        k = kernels.cpu()
+        if k is not None:
+            b, rec = k.bf16_encode(x.ravel(), ctx.recon)
+            ctx.write(b)
+            return None if rec is None else rec.reshape(x.shape)
         b = to_bf16_bits(x)
         ctx.write(b)
         return from_bf16_bits(b).reshape(x.shape) if ctx.recon else None
 
     def decode(self, shape, ctx: Ctx, rest: Rest):
         n = numel(shape)
-        b = np.frombuffer(ctx.read(2 * n, "bf16 values"), "<u2")
-        return from_bf16_bits(b).reshape(shape)
+        buf = ctx.read(2 * n, "bf16 values")
+        k = kernels.cpu()
+        if k is not None:
+            return k.bf16_decode(buf, n).reshape(shape)
+        return from_bf16_bits(np.frombuffer(buf, "<u2")).reshape(shape)

@@ -383,12 +383,52 @@ class Q(Stage):
 
 
 # ----------------------------------------------------------------------------- QSGD
+_F32_MAX = np.finfo(np.float32).max
+
+
+def qsgd_norm_cap(levels: int) -> np.float32:
+    """The largest norm QSGD stores for ``levels``: float32's max, or the float just below it for
+    the few s whose top level s·(max/s) rounds past it to inf (25, 31, 49, 50, 62, 98, 100, 101,
+    124, 127).
+
+    >>> bool(qsgd_norm_cap(16) == np.finfo(np.float32).max), bool(qsgd_norm_cap(25) < qsgd_norm_cap(16))
+    (True, True)
+    """
+    s = np.float32(levels)
+    with np.errstate(over="ignore"):
+        top = s * (_F32_MAX / s)  # what a code of level s decodes to, as _dequant computes it
+    return _F32_MAX if np.isfinite(top) else np.nextafter(_F32_MAX, np.float32(0))
+
+
+def qsgd_norms(sums: np.ndarray, levels: int) -> np.ndarray:
+    """float32 block norms from the float64 sums of squares, capped at :func:`qsgd_norm_cap`.
+
+    Below the cap this is exactly ``np.sqrt(sums).astype(np.float32)``, as it always was. Above it
+    (a block's norm beyond float32's range, i.e. values near ±3.4e38: the sums, in float64, never
+    overflow) the stored norm N is the cap instead of inf, which made every value of the block
+    decode to NaN: codes are still min(⌊s·|g|/N + u⌋, s), every level decodes to a finite value,
+    and the bound |g − g'| ≤ N/s ≤ ‖block‖₂/s still holds (a value above N, at most a couple of ulps
+    above it, takes the top level).
+
+    >>> qsgd_norms(np.array([25.0, 2.0 * 3e38**2]), 16).tolist() == [5.0, float(np.finfo(np.float32).max)]
+    True
+    """
+    # min in float64, then the cast: the same as casting first (rounding is monotone) without the
+    # overflow to inf
+    return np.minimum(np.sqrt(sums), np.float64(qsgd_norm_cap(levels))).astype(np.float32)
+
+
 @register
 class QSGD(Stage):
     """QSGD (Alistarh et al. 2017): per block, the L2 norm and, per value, a sign and a level in
     0..s chosen by stochastic rounding of s·|g|/‖g‖, so E[g'] = g (unbiased).
 
     Error bound: |g − g'| ≤ ‖block‖₂ / s.
+
+    Finite input always encodes and decodes to finite values: a block whose norm is beyond
+    float32's range (values near ±3.4e38) stores the largest norm whose levels all decode finitely
+    (:func:`qsgd_norms`) instead of inf. That block's rounding is then biased by at most a couple of
+    ulps of 3.4e38 for its largest values.
     """
 
     name = "qsgd"
@@ -425,7 +465,7 @@ class QSGD(Stage):
         # The block L2 norm, summed in the fixed order of codecs._reduce (both paths).
         sums = (k.block_sums if k else block_sums)(flat, self.block, True)
         require_finite(_all_finite(sums), ctx)  # float64 sums of finite float32 never overflow
-        norm = np.sqrt(sums).astype(np.float32)
+        norm = qsgd_norms(sums, self.levels)  # capped below float32's max, never inf
         u = ctx.rng().random(block_shape(n, self.block), dtype=np.float32)
         ctx.write(norm)
         if k is not None:

@@ -25,7 +25,9 @@ counter that provably starts at 0 lets LLVM drop the guard and vectorise (8-10x 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 #: The summation order of fedpress.codecs._reduce (repeated here: see the module docstring).
 SUM_LANES = 16
@@ -747,3 +749,123 @@ def varint_indices(buf, count):
         prev = prev + np.int64(v) + 1
         idx[i] = prev
     return idx, too_long, big
+
+
+# ----------------------------------------------------------------------------- casts (fp16, bf16)
+# Integer arithmetic on the float bits, branch-free, so LLVM vectorises it; the results are those of
+# the NumPy reference in fedpress.codecs.cast for every bit pattern (NaN payloads included), which
+# is NumPy's own software conversion (npy_floatbits_to_halfbits / npy_halfbits_to_floatbits), not
+# the F16C instructions (those quieten signalling NaNs). The two float operations below (a + 0.5,
+# m·2⁻²⁴) are exact or correctly rounded and never see a subnormal result, so FTZ/DAZ cannot change
+# them either.
+@intrinsic
+def _f32_bits(typingctx, v):
+    sig = types.uint32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, v):
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@njit(inline="always", **JIT)
+def _half_bits(u):
+    """float32 bits → float16 bits of ``np.clip(x, -65504, 65504).astype("<f2")``: round to nearest
+    even, magnitudes beyond 65504 (inf included) saturate to ±65504, NaN keeps its sign and the top
+    10 bits of its payload (0x7c01 when those are 0, so it stays a NaN)."""
+    a = u & np.uint32(0x7FFFFFFF)
+    sgn = (u >> np.uint32(16)) & np.uint32(0x8000)
+    # normal halves: rebias the exponent (127 → 15), then round the 13 dropped bits to even
+    a2 = a - np.uint32(0x38000000)
+    hn = (a2 + np.uint32(0xFFF) + ((a2 >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13)
+    # |x| < 2⁻¹⁴ (subnormal half or zero): 0.5 + |x| rounds |x| to a multiple of 2⁻²⁴ (even on
+    # ties), and the low bits of the sum are then the half's bits (0x400 when it rounds up to 2⁻¹⁴)
+    hs = _f32_bits(_bits_f32(a) + np.float32(0.5)) - np.uint32(0x3F000000)
+    h = hs if a < np.uint32(0x38800000) else hn
+    h = np.uint32(0x7BFF) if a > np.uint32(0x477FE000) else h
+    hnan = np.uint32(0x7C00) + max((a & np.uint32(0x7FFFFF)) >> np.uint32(13), np.uint32(1))
+    h = hnan if a > np.uint32(0x7F800000) else h
+    return np.uint16(sgn | h)
+
+
+@njit(inline="always", **JIT)
+def _half_to_f32_bits(h):
+    """float16 bits (as uint32) → float32 bits, exactly (NaN payloads shifted up, not quietened)."""
+    sgn = (h & np.uint32(0x8000)) << np.uint32(16)
+    e = h & np.uint32(0x7C00)
+    mb = (h & np.uint32(0x7FFF)) << np.uint32(13)
+    f = mb + np.uint32(0x38000000)
+    f = mb + np.uint32(0x70000000) if e == np.uint32(0x7C00) else f
+    sub = _f32_bits(np.float32(h & np.uint32(0x3FF)) * np.float32(2.0**-24))
+    f = sub if e == np.uint32(0) else f
+    return sgn | f
+
+
+@njit(**JIT)
+def f16_enc(c0_, c1_, x, out, rec):
+    xu = x.view(np.uint32)
+    ru = rec.view(np.uint32)
+    for c in range(c0_, c1_):
+        c0, c1 = _bounds(c, x.size)
+        xs = xu[c0:c1]
+        os_ = out[c0:c1]
+        for j in range(xs.size):
+            os_[j] = _half_bits(xs[j])
+        if ru.size:
+            rs = ru[c0:c1]
+            for j in range(os_.size):
+                rs[j] = _half_to_f32_bits(np.uint32(os_[j]))
+
+
+@njit(**JIT)
+def f16_dec(c0_, c1_, buf, out):
+    ou = out.view(np.uint32)
+    for c in range(c0_, c1_):
+        c0, c1 = _bounds(c, out.size)
+        bs = buf[2 * c0 : 2 * c1]
+        os_ = ou[c0:c1]
+        for j in range(os_.size):
+            h = np.uint32(bs[2 * j]) | (np.uint32(bs[2 * j + 1]) << np.uint32(8))
+            os_[j] = _half_to_f32_bits(h)
+
+
+@njit(**JIT)
+def bf16_enc(c0_, c1_, x, out, rec):
+    # the reference's round-to-nearest-even in uint32 (wrapping, as NumPy's uint32 add does: only a
+    # negative NaN wraps, and every NaN becomes 0x7fc0)
+    xu = x.view(np.uint32)
+    ru = rec.view(np.uint32)
+    for c in range(c0_, c1_):
+        c0, c1 = _bounds(c, x.size)
+        xs = xu[c0:c1]
+        os_ = out[c0:c1]
+        for j in range(xs.size):
+            u = xs[j]
+            r = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+            r = np.uint32(0x7FC0) if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else r
+            os_[j] = np.uint16(r)
+        if ru.size:
+            rs = ru[c0:c1]
+            for j in range(os_.size):
+                rs[j] = np.uint32(os_[j]) << np.uint32(16)
+
+
+@njit(**JIT)
+def bf16_dec(c0_, c1_, buf, out):
+    ou = out.view(np.uint32)
+    for c in range(c0_, c1_):
+        c0, c1 = _bounds(c, out.size)
+        bs = buf[2 * c0 : 2 * c1]
+        os_ = ou[c0:c1]
+        for j in range(os_.size):
+            os_[j] = (np.uint32(bs[2 * j]) << np.uint32(16)) | (np.uint32(bs[2 * j + 1]) << np.uint32(24))
