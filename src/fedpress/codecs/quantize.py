@@ -177,9 +177,11 @@ def q_params(mn: np.ndarray, mx: np.ndarray, bits: int, mode: str) -> tuple[np.n
     """
     if mode == "minmax":
         # + 0.0 turns -0.0 into +0.0: which zero min()/max() return for a block holding both is
-        # unspecified, and it would show in the stored bits of lo (and of scale).
+        # unspecified, and it would show in the stored bits of lo (and of scale). A span that
+        # overflows gives an inf scale, which the encoder rejects (require_span).
         lo = np.asarray(mn, np.float32) + np.float32(0.0)
-        scale = ((np.asarray(mx, np.float32) + np.float32(0.0)) - lo) / np.float32((1 << bits) - 1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            scale = ((np.asarray(mx, np.float32) + np.float32(0.0)) - lo) / np.float32((1 << bits) - 1)
     else:  # absmax: symmetric grid, zero exactly representable
         half = np.float32((1 << (bits - 1)) - 1)
         absmax = np.maximum(np.abs(np.asarray(mn, np.float32)), np.abs(np.asarray(mx, np.float32)))
@@ -189,6 +191,17 @@ def q_params(mn: np.ndarray, mx: np.ndarray, bits: int, mode: str) -> tuple[np.n
         # middle code decodes to exactly 0.
         lo = -scale * half
     return lo.astype(np.float32), scale.astype(np.float32)
+
+
+def require_span(scale, bits: int, mode: str, ctx) -> None:
+    """Raise one clear ValueError when decoding could overflow float32: the decoder computes
+    ``code·scale + lo``, and ``top·scale`` (about max − min, or 2·max|x| for absmax) is inf for
+    blocks holding values of both signs near ±3.4e38; their codes would decode to NaN or inf."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        ok = np.isfinite(np.asarray(scale, np.float32) * np.float32(_q_top(bits, mode))).all()
+    if not ok:
+        raise ValueError(f"tensor {ctx.name or '(top level)'!r}: a q block spans more than float32 "
+                         "can hold (values near ±3.4e38); scale the values down")
 
 
 def _q_top(bits: int, mode: str) -> int:
@@ -266,9 +279,13 @@ class Q(Stage):
         stats = None
         if self.target > 0:
             require_finite(_all_finite(x2), ctx)
+            if x2.size:
+                require_span(q_params(x2.min(axis=1), x2.max(axis=1), self.bits, self.mode)[1],
+                             self.bits, self.mode, ctx)
         else:  # min/max are NaN or ±inf exactly when the block holds such a value
             stats = (x2.min(axis=1), x2.max(axis=1))
             require_finite(_all_finite(*stats), ctx)
+            require_span(q_params(*stats, bits, self.mode)[1], bits, self.mode, ctx)
         if self.target > 0 and n:
             norm = float(np.linalg.norm(x))
             lo_bits = 2 if self.mode == "absmax" else 1
@@ -301,6 +318,7 @@ class Q(Stage):
         mn, mx = k.block_minmax(flat, self.block)
         require_finite(_all_finite(mn, mx), ctx)
         lo, scale = q_params(mn, mx, bits, self.mode)
+        require_span(scale, bits, self.mode, ctx)
         packed, rec = k.q_encode(flat, self.block, lo, scale, _q_top(bits, self.mode),
                                  _store_bits(bits, ctx), u, ctx.recon)
         if self.mode == "minmax":
@@ -320,6 +338,7 @@ class Q(Stage):
             u = ctx.rng(bits).random(block_shape(n, self.block), dtype=np.float32)
         mn, mx, lo, scale = g.q_params(flat, self.block, bits, self.mode)
         require_finite(g.finite(mn, mx), ctx)
+        require_span(_host(scale), bits, self.mode, ctx)
         packed, rec = g.q_encode(flat, self.block, lo, scale, _q_top(bits, self.mode),
                                  _store_bits(bits, ctx), u, ctx.recon)
         if self.mode == "minmax":

@@ -20,8 +20,9 @@ True
 
 Routed (encode and decode): ``q`` (1-8 bits, minmax/absmax, deterministic and stochastic; not the
 ``target=`` search), ``fixed``, ``qsgd``, ``sign``, ``ternary``, ``topk`` (sampled threshold, then
-an exact fix-up to the k largest with ties to the lower index) and the delta-varint index coding of
-the sparsifiers. Random draws (stochastic rounding's uniforms, random-k's positions) still come from
+an exact fix-up to the k largest with ties to the lower index), ``fp16``/``bf16`` (bit
+manipulation, NaN payloads as NumPy keeps them) and the delta-varint index coding of the
+sparsifiers. Random draws (stochastic rounding's uniforms, random-k's positions) still come from
 NumPy's ``Generator`` seeded exactly as before, and are passed in: a kernel never has its own RNG.
 Also faster on both paths: the blob is assembled with one copy (fields are arrays, not ``bytes``),
 the reconstruction is skipped when only the blob is wanted (:func:`fedpress.compress`, non-EF
@@ -31,8 +32,8 @@ the reconstruction is skipped when only the blob is wanted (:func:`fedpress.comp
 What "the definition" had to pin down for two implementations to agree (decoding is unchanged, and
 old blobs decode exactly as before; only the encoder's choice moved, in the last bits of sign's and
 QSGD's stored scales, and in these rare cases): sums of many values follow the fixed order of
-:mod:`fedpress.codecs._reduce`; ``q`` stores +0.0 where a block's min/max is a signed zero; a NaN
-from a range that overflows float32 quantises to code 0; top-k breaks ties at the k-th largest
+:mod:`fedpress.codecs._reduce`; ``q`` stores +0.0 where a block's min/max is a signed zero, and
+refuses (ValueError, on every path) a block whose span overflows float32; top-k breaks ties at the k-th largest
 magnitude towards the lower index.
 
 Threads: a large call splits its chunks over a small pool of Python threads running ``nogil``
