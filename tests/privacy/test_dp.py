@@ -168,3 +168,30 @@ def test_local_dp_adds_noise_of_the_right_size():
     )
     assert norm == pytest.approx(10.0 * math.sqrt(100_000))
     assert float(noisy["w"].double().std()) == pytest.approx(2.0, rel=0.02)
+
+
+def test_fixed_size_sampling_is_accounted_with_replace_one_sensitivity():
+    # Full participation: both are the plain Gaussian mechanism; replace-one doubles the
+    # sensitivity, i.e. it is the add/remove accountant at half the noise multiplier.
+    a = Accountant(1.2, 1.0, 1e-5, sampling="fixed", population=10)
+    b = Accountant(0.6, 1.0, 1e-5)
+    a.step(20)
+    b.step(20)
+    assert a.epsilon() == pytest.approx(b.epsilon(), rel=1e-9)
+    # Subsampled: fixed-size sampling costs more ε than the Poisson approximation of it.
+    fixed = Accountant(1.0, 0.1, 1e-5, sampling="fixed", population=100)
+    pois = Accountant(1.0, 0.1, 1e-5)
+    fixed.step(100)
+    pois.step(100)
+    assert fixed.epsilon() > pois.epsilon() > 0
+    z_fixed = noise_for_target(3.0, 1e-5, 0.1, 100, sampling="fixed", population=100)
+    assert z_fixed > noise_for_target(3.0, 1e-5, 0.1, 100)
+    check = Accountant(z_fixed, 0.1, 1e-5, sampling="fixed", population=100)
+    check.step(100)
+    assert 2.9 < check.epsilon() <= 3.0
+    with pytest.raises(ValueError, match="rdp"):
+        Accountant(1.0, 0.1, 1e-5, method="pld", sampling="fixed", population=100)
+    with pytest.raises(ValueError, match="population"):
+        Accountant(1.0, 0.1, 1e-5, sampling="fixed")
+    with pytest.raises(ValueError, match="sampling must be"):
+        Accountant(1.0, 0.1, 1e-5, sampling="uniform")

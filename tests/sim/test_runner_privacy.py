@@ -87,3 +87,20 @@ def test_secagg_with_q_on_a_shared_scale():
     assert res.history[-1]["metric"] > 0.8
     ranges = [h["secagg_range"] for h in res.history]
     assert ranges[0] == 1.0 and ranges[-1] != 1.0  # adapted from the aggregates
+
+
+def test_dp_samples_clients_poisson_by_default_and_accounts_fixed_size_when_asked():
+    res = _run(rounds=8, dp_clip=1.0, dp_noise=0.5)
+    assert res.summary["sampling"] == "poisson"
+    sizes = [h["clients_sampled"] for h in res.history]
+    assert len(set(sizes)) > 1  # independent inclusion: the round size varies around 6 of 8
+    fixed = _run(rounds=8, dp_clip=1.0, dp_noise=0.5, sampling="fixed")
+    assert fixed.summary["sampling"] == "fixed"
+    assert {h["clients_sampled"] for h in fixed.history} == {6}
+    acc = Accountant(0.5, 6 / 8, 1e-5, sampling="fixed", population=8)
+    acc.step(8)
+    assert fixed.history[-1]["dp_epsilon"] == pytest.approx(acc.epsilon())
+    assert fixed.history[-1]["dp_epsilon"] > res.history[-1]["dp_epsilon"]
+    assert _run(rounds=2).summary["sampling"] == "fixed"  # without DP: exactly per_round
+    with pytest.raises(ValueError, match="sampling must be"):
+        _run(sampling="bernoulli")

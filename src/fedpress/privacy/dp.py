@@ -35,8 +35,14 @@ and the pair together costs what one mechanism with multiplier z costs.
   update, but it does see the sum before noise (central DP with a trusted noise-adder).
   Distributed DP (each client adding discrete noise inside the masked sum) is not implemented.
 
-The accountant treats each round as Poisson-subsampled at rate q = per_round / clients; sampling a
-fixed-size subset (as the simulator does) is the usual approximation of that in FL practice.
+The accountant matches how clients are sampled. ``sampling="poisson"`` (each client joins a round
+independently with probability q = per_round / clients; the simulator's default under DP): the
+Poisson-subsampled Gaussian mechanism under add/remove-one adjacency, as in DP-FedAvg (McMahan et
+al. 2018), with RDP or PLD. ``sampling="fixed"`` (exactly per_round clients, uniformly without
+replacement): the sampled-without-replacement Gaussian (Wang, Balle & Kasiviswanathan 2019) under
+replace-one adjacency, where one client's update can move the clipped sum by 2C, so the noise
+multiplier against that sensitivity is z/2 (RDP only). Treating fixed-size sampling as Poisson,
+common in FL code, understates ε.
 
 >>> import torch
 >>> dp = DPFactory(clip=1.0, noise_multiplier=0.0, expected_clients=2)
@@ -333,17 +339,39 @@ def dp_mean_from_sum(
 
 
 # ----------------------------------------------------------------------------- accounting
-def _dp_event(noise_multiplier: float, sample_rate: float, steps: int):
+SAMPLINGS = ("poisson", "fixed")
+
+
+def _dp_event(noise_multiplier: float, sample_rate: float, steps: int, sampling: str = "poisson",
+              population: int | None = None):
     import dp_accounting
 
+    if sampling == "fixed":
+        # Replace-one adjacency: the clipped sum moves by up to 2C, so sigma/sensitivity = z/2.
+        ev = dp_accounting.GaussianDpEvent(noise_multiplier / 2)
+        if sample_rate < 1.0:
+            k = round(sample_rate * population)
+            ev = dp_accounting.SampledWithoutReplacementDpEvent(population, k, ev)
+        return dp_accounting.SelfComposedDpEvent(ev, steps)
     ev = dp_accounting.GaussianDpEvent(noise_multiplier)
     if sample_rate < 1.0:
         ev = dp_accounting.PoissonSampledDpEvent(sample_rate, ev)
     return dp_accounting.SelfComposedDpEvent(ev, steps)
 
 
+def _check_sampling(sampling: str, method: str, population: int | None) -> None:
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be 'poisson' or 'fixed', got {sampling!r}")
+    if sampling == "fixed":
+        if method != "rdp":
+            raise ValueError("fixed-size sampling is accounted with method='rdp' only")
+        if not population or population < 1:
+            raise ValueError("fixed-size sampling needs the population size (number of clients)")
+
+
 def _epsilon(
-    noise_multiplier: float, sample_rate: float, steps: int, delta: float, method: str
+    noise_multiplier: float, sample_rate: float, steps: int, delta: float, method: str,
+    sampling: str = "poisson", population: int | None = None,
 ) -> float:
     if steps == 0 or sample_rate == 0:
         return 0.0
@@ -351,27 +379,36 @@ def _epsilon(
         return math.inf
     import dp_accounting
 
-    acct = (
-        dp_accounting.rdp.RdpAccountant() if method == "rdp" else dp_accounting.pld.PLDAccountant()
-    )
-    acct.compose(_dp_event(noise_multiplier, sample_rate, steps))
+    if sampling == "fixed":
+        rel = dp_accounting.NeighboringRelation.REPLACE_ONE
+        acct = dp_accounting.rdp.RdpAccountant(neighboring_relation=rel)
+    elif method == "rdp":
+        acct = dp_accounting.rdp.RdpAccountant()
+    else:
+        acct = dp_accounting.pld.PLDAccountant()
+    acct.compose(_dp_event(noise_multiplier, sample_rate, steps, sampling, population))
     return float(acct.get_epsilon(delta))
 
 
 class Accountant:
-    """(ε, δ) of DP-FedAvg so far: the Poisson-subsampled Gaussian mechanism with noise multiplier
-    z and sample rate q = per_round / clients, composed once per :meth:`step`, computed by
+    """(ε, δ) of DP-FedAvg so far: the subsampled Gaussian mechanism with noise multiplier z and
+    sample rate q = per_round / clients, composed once per :meth:`step`, computed by
     ``dp-accounting`` (``method="rdp"``, Rényi DP, fast; or ``"pld"``, privacy loss distributions,
-    tighter and slower).
+    tighter and slower). ``sampling`` says how clients are drawn (module docstring): ``"poisson"``
+    or ``"fixed"`` (exactly q·``population`` clients; RDP only).
 
     >>> acc = Accountant(noise_multiplier=1.1, sample_rate=0.01, delta=1e-5)
     >>> acc.step(100); e1 = acc.epsilon(); acc.step(900)
     >>> 0 < e1 < acc.epsilon() < 3
     True
+    >>> fixed = Accountant(1.1, 0.01, 1e-5, sampling="fixed", population=1000)
+    >>> fixed.step(1000); fixed.epsilon() > acc.epsilon()   # replace-one: sensitivity 2C
+    True
     """
 
     def __init__(
-        self, noise_multiplier: float, sample_rate: float, delta: float, *, method: str = "rdp"
+        self, noise_multiplier: float, sample_rate: float, delta: float, *, method: str = "rdp",
+        sampling: str = "poisson", population: int | None = None,
     ):
         if noise_multiplier < 0:
             raise ValueError("noise_multiplier must be >= 0")
@@ -381,6 +418,8 @@ class Accountant:
             raise ValueError("delta must be in (0, 1)")
         if method not in ("rdp", "pld"):
             raise ValueError(f"method must be 'rdp' or 'pld', got {method!r}")
+        _check_sampling(sampling, method, population)
+        self.sampling, self.population = sampling, population
         self.noise_multiplier = float(noise_multiplier)
         self.sample_rate = float(sample_rate)
         self.delta = float(delta)
@@ -395,9 +434,8 @@ class Accountant:
 
     def epsilon(self) -> float:
         """ε after the rounds stepped so far, at this accountant's δ (``inf`` without noise)."""
-        return _epsilon(
-            self.noise_multiplier, self.sample_rate, self.steps, self.delta, self.method
-        )
+        return _epsilon(self.noise_multiplier, self.sample_rate, self.steps, self.delta,
+                        self.method, self.sampling, self.population)
 
 
 def noise_for_target(
@@ -408,6 +446,8 @@ def noise_for_target(
     *,
     method: str = "rdp",
     rtol: float = 1e-3,
+    sampling: str = "poisson",
+    population: int | None = None,
 ) -> float:
     """The smallest noise multiplier z (to relative precision ``rtol``) whose ε after ``rounds``
     rounds at ``sample_rate`` is at most ``target_epsilon``: binary search over the accountant.
@@ -422,9 +462,10 @@ def noise_for_target(
         raise ValueError("target_epsilon must be > 0")
     if rounds < 1:
         raise ValueError("rounds must be >= 1")
+    _check_sampling(sampling, method, population)
 
     def eps(z: float) -> float:
-        return _epsilon(z, sample_rate, rounds, delta, method)
+        return _epsilon(z, sample_rate, rounds, delta, method, sampling, population)
 
     lo, hi = 0.0, 1.0
     while eps(hi) > target_epsilon:

@@ -153,6 +153,7 @@ class Simulation:
         dropout: float = 0.0,
         aggregate: str = "auto",
         wait_full_deadline: bool = True,
+        sampling: str | None = None,
     ):
         if not client_datasets:
             raise ValueError("client_datasets is empty")
@@ -222,6 +223,7 @@ class Simulation:
         # round with a straggler lasts the whole deadline. False: the round ends when its slowest
         # kept client is done, as if the server knew in advance who will miss (a lower bound).
         self.wait_full_deadline = bool(wait_full_deadline)
+        self._sampling_arg = sampling
         self._init_privacy(dp_clip, dp_noise, dp_delta, dp_adaptive, target_epsilon, secagg,
                            secagg_threshold, secagg_neighbors, dropout)
         self._assigned: dict[int, str] = {}
@@ -235,11 +237,21 @@ class Simulation:
             raise ValueError("differential privacy needs dp_clip (the L2 clip C)")
         self.dp_clip, self.dp_delta, self.dp_adaptive = clip, float(delta), bool(adaptive)
         self.sample_rate = self.per_round / len(self.clients)
+        # Under DP the default is Poisson sampling (each client joins with probability
+        # per_round/clients), the assumption of DP-FedAvg's accountant; "fixed" draws exactly
+        # per_round clients and is accounted as sampling without replacement (replace-one).
+        sampling = self._sampling_arg or ("poisson" if clip is not None else "fixed")
+        if sampling not in ("fixed", "poisson"):
+            raise ValueError(f"sampling must be 'fixed' or 'poisson', got {sampling!r}")
+        self.sampling = sampling
+        acct_kw = {"sampling": sampling, "population": len(self.clients)}
+        self._acct_kw = acct_kw
         if clip is not None and noise is None:
             if target_eps is not None:
                 from fedpress.privacy.dp import noise_for_target
 
-                noise = noise_for_target(target_eps, self.dp_delta, self.sample_rate, self.rounds)
+                noise = noise_for_target(target_eps, self.dp_delta, self.sample_rate, self.rounds,
+                                         **acct_kw)
             else:
                 noise = 0.0
         self.dp_noise = noise
@@ -261,7 +273,7 @@ class Simulation:
             return {"dp": None, "accountant": None}
         from fedpress.privacy.dp import Accountant, DPFactory
 
-        acc = Accountant(self.dp_noise, self.sample_rate, self.dp_delta)
+        acc = Accountant(self.dp_noise, self.sample_rate, self.dp_delta, **self._acct_kw)
         if self.secagg:
             return {"dp": None, "accountant": acc}
         dp = DPFactory(None, clip=self.dp_clip,
@@ -437,7 +449,10 @@ class Simulation:
 
         # -- sampling and availability
         rng = np.random.default_rng([self.seed, t, 11])
-        sampled = np.sort(rng.choice(n_clients, self.per_round, replace=False))
+        if self.sampling == "poisson":
+            sampled = np.flatnonzero(rng.random(n_clients) < self.sample_rate)
+        else:
+            sampled = np.sort(rng.choice(n_clients, self.per_round, replace=False))
         online = netmod.sample_available(self.links, sampled, rng)
         online = [int(c) for c in online]
 
@@ -670,6 +685,7 @@ class Simulation:
             "rounds": len(hist), "sim_seconds": st["sim_seconds"], "wall_seconds": wall,
             "seed": self.seed, "clients": len(self.clients), "per_round": self.per_round,
             "strategy": self.strategy.name, "network": self.network_name, "deadline": self.deadline,
+            "sampling": self.sampling,
             "policy": (getattr(self.policy, "spec", None) or self.policy.name) if self.policy else "fixed",
             "secagg": self.secagg, "dropout": self.dropout, "aggregate": self.aggregate,
             "timing": {k: round(v, 4) for k, v in st["timing"].items()},
