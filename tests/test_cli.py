@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -75,3 +76,46 @@ def test_listing_commands():
     assert r.exit_code == 0 and "topk" in r.output and "powersgd" in r.output
     r = runner.invoke(app, ["scenarios"])
     assert r.exit_code == 0 and "healthcare" in r.output and "iot" in r.output
+
+
+# Every flag `run` and `compare` had before their shared options were declared once (captured from
+# the two hand-written parameter lists with click introspection); extending is fine, losing is not.
+SHARED_FLAGS = {
+    "--address", "--aggregate", "--alpha", "--backend", "--batch-size", "--clients", "--close-early",
+    "--codec", "--config", "--data-root", "--deadline", "--down-codec", "--dp-adaptive", "--dp-clip",
+    "--dp-delta", "--dp-noise", "--dropout", "--jitter", "--json", "--l1", "--l2", "--local-epochs",
+    "--lr", "--network", "--no-dp-adaptive", "--no-secagg", "--out", "--partition", "--per-round",
+    "--policy", "--prox-mu", "--prune", "--prune-mode", "--prune-scope", "--quiet", "--rounds",
+    "--scenario", "--secagg", "--secagg-threshold", "--seed", "--server-lr", "--strategy", "--target",
+    "--target-epsilon", "--wait-full-deadline", "--workers", "-c", "-o", "-q", "-s",
+}
+RUN_FLAGS = SHARED_FLAGS | {"--checkpoint-every", "--per-client-eval", "--no-per-client-eval", "--resume"}
+COMPARE_FLAGS = SHARED_FLAGS | {"--jobs", "-j"}
+
+
+def _params(name):
+    import typer
+
+    return {p.name: p for p in typer.main.get_command(app).commands[name].params}
+
+
+def test_run_and_compare_keep_every_flag():
+    for name, flags in (("run", RUN_FLAGS), ("compare", COMPARE_FLAGS)):
+        got = {o for p in _params(name).values() for o in (*p.opts, *p.secondary_opts)}
+        assert got == flags, (name, got ^ flags)
+    run, cmp_ = _params("run"), _params("compare")
+    for key in set(run) & set(cmp_) - {"codec", "out"}:  # one definition: same flags, help, default
+        a, b = run[key], cmp_[key]
+        assert (a.opts, a.secondary_opts, a.help, a.default) == (b.opts, b.secondary_opts, b.help, b.default)
+    assert run["out"].default == Path("results/run") and cmp_["out"].default is None
+    assert cmp_["codec"].multiple and not run["codec"].multiple
+    assert all(p.default is None for k, p in run.items() if k not in ("out", "quiet", "json_out"))
+    assert [p.name for p in run.values()][:2] == ["scenario", "codec"]  # --help order kept
+
+
+def test_help_lists_the_shared_options():
+    for name in ("run", "compare"):
+        r = runner.invoke(app, [name, "--help"])
+        assert r.exit_code == 0
+        for flag in ("--scenario", "--down-codec", "--dp-adaptive", "--target", "--config", "--json"):
+            assert flag in r.output, (name, flag)

@@ -7,6 +7,8 @@ with status 2 — never a traceback.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -69,49 +71,89 @@ def scenarios_cmd() -> None:
     Console().print(t)
 
 
-# Options shared by run and compare; None = "not given" so config files and scenario defaults apply.
+# The options run and compare share, each declared once here; `_with_run_options` gives them to both
+# commands. Defaults are None = "not given", so config files and scenario defaults apply.
 Opt = typer.Option
-Scenario = Annotated[str | None, Opt("--scenario", "-s", help="scenario name (fedpress scenarios)")]
-DownCodec = Annotated[str | None, Opt("--down-codec", help="downlink codec spec (server → clients)")]
-Clients = Annotated[int | None, Opt("--clients", help="number of clients")]
-PerRound = Annotated[int | None, Opt("--per-round", help="clients sampled per round")]
-Rounds = Annotated[int | None, Opt("--rounds", help="federated rounds")]
-Alpha = Annotated[float | None, Opt("--alpha", help="Dirichlet label-skew alpha")]
-Partition = Annotated[str | None, Opt("--partition", help="iid | dirichlet | shards | quantity | natural")]
-Network = Annotated[str | None, Opt("--network", help="wifi | 4g | 3g | nbiot | mixed | none")]
-Deadline = Annotated[float | None, Opt("--deadline", help="round deadline in simulated seconds")]
-Seed = Annotated[int | None, Opt("--seed", help="random seed")]
-Epochs = Annotated[int | None, Opt("--local-epochs", help="local epochs per round")]
-Lr = Annotated[float | None, Opt("--lr", help="client learning rate")]
-Batch = Annotated[int | None, Opt("--batch-size", help="client batch size")]
-Strategy = Annotated[str | None, Opt("--strategy", help="fedavg | fedprox | fedavgm | fedadam | fedyogi")]
-ServerLr = Annotated[float | None, Opt("--server-lr", help="server learning rate")]
-ProxMu = Annotated[float | None, Opt("--prox-mu", help="FedProx mu")]
-L1 = Annotated[float | None, Opt("--l1", help="L1 strength (proximal, exact zeros)")]
-L2 = Annotated[float | None, Opt("--l2", help="L2 weight decay")]
-Prune = Annotated[float | None, Opt("--prune", help="magnitude-prune to this sparsity (e.g. 0.9)")]
-PruneMode = Annotated[str | None, Opt("--prune-mode", help="oneshot | gradual")]
-PruneScope = Annotated[str | None, Opt("--prune-scope", help="global | layer")]
-Target = Annotated[float | None, Opt("--target", help="metric target: report rounds/time/bytes to reach it")]
-DataRoot = Annotated[str | None, Opt("--data-root", help="folder with mnist/fashion-mnist/cifar10 files")]
-Config = Annotated[Path | None, Opt("--config", help="TOML file with any of these options")]
-Policy = Annotated[str | None, Opt("--policy", help="fixed | deadline:seconds=S[,skip=0|1,sync=0|1,cut=C,unknown=hard|prior,slack=F,safety=F] | budget:bytes=B | accordion")]
-Jitter = Annotated[float | None, Opt("--jitter", help="per-round lognormal sigma of link bandwidths")]
-SecAgg = Annotated[bool | None, Opt("--secagg/--no-secagg", help="secure aggregation (needs a fixed-range codec)")]
-SecAggT = Annotated[int | None, Opt("--secagg-threshold", help="Shamir threshold t (default: majority)")]
-Dropout = Annotated[float | None, Opt("--dropout", help="fraction of clients vanishing after upload")]
-DpClip = Annotated[float | None, Opt("--dp-clip", help="DP: L2 clip C of each update")]
-DpNoise = Annotated[float | None, Opt("--dp-noise", help="DP: noise multiplier z (sigma = z*C)")]
-DpDelta = Annotated[float | None, Opt("--dp-delta", help="DP: delta for the reported epsilon")]
-DpAdaptive = Annotated[bool | None, Opt("--dp-adaptive/--no-dp-adaptive", help="DP: adaptive clipping")]
-TargetEps = Annotated[float | None, Opt("--target-epsilon", help="DP: size the noise to this epsilon")]
-Backend = Annotated[str | None, Opt("--backend", help="local | ray")]
-RayAddress = Annotated[str | None, Opt("--address", help="--backend ray: join this Ray cluster (auto, ray://HOST:10001); default: start Ray here")]
-Workers = Annotated[int | None, Opt("--workers", help="--backend ray: CPUs of the local Ray (on a cluster: tasks in flight)")]
-WaitDeadline = Annotated[bool | None, Opt("--wait-full-deadline/--close-early", help="a round with a dropped straggler lasts the whole deadline (default); --close-early: it ends at the slowest kept client, as if the server knew who will miss")]
-Aggregate = Annotated[str | None, Opt("--aggregate", help="auto | mean | sparse_mean (per-coordinate over senders; auto: for top-k/threshold)")]
-Quiet = Annotated[bool, Opt("--quiet", "-q", help="no progress bars or tables")]
-Json = Annotated[bool, Opt("--json", help="print the summary as JSON on stdout")]
+
+
+def _opt(name: str, type_: object, *decls: str, help: str, default: object = None) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[type_, Opt(*decls, help=help)])
+
+
+_LEAD = [_opt("scenario", str | None, "--scenario", "-s", help="scenario name (fedpress scenarios)")]
+_SHARED = [
+    _opt("down_codec", str | None, "--down-codec", help="downlink codec spec (server → clients)"),
+    _opt("clients", int | None, "--clients", help="number of clients"),
+    _opt("per_round", int | None, "--per-round", help="clients sampled per round"),
+    _opt("rounds", int | None, "--rounds", help="federated rounds"),
+    _opt("alpha", float | None, "--alpha", help="Dirichlet label-skew alpha"),
+    _opt("partition", str | None, "--partition", help="iid | dirichlet | shards | quantity | natural"),
+    _opt("network", str | None, "--network", help="wifi | 4g | 3g | nbiot | mixed | none"),
+    _opt("deadline", float | None, "--deadline", help="round deadline in simulated seconds"),
+    _opt("seed", int | None, "--seed", help="random seed"),
+    _opt("local_epochs", int | None, "--local-epochs", help="local epochs per round"),
+    _opt("lr", float | None, "--lr", help="client learning rate"),
+    _opt("batch_size", int | None, "--batch-size", help="client batch size"),
+    _opt("strategy", str | None, "--strategy", help="fedavg | fedprox | fedavgm | fedadam | fedyogi"),
+    _opt("server_lr", float | None, "--server-lr", help="server learning rate"),
+    _opt("prox_mu", float | None, "--prox-mu", help="FedProx mu"),
+    _opt("l1", float | None, "--l1", help="L1 strength (proximal, exact zeros)"),
+    _opt("l2", float | None, "--l2", help="L2 weight decay"),
+    _opt("prune", float | None, "--prune", help="magnitude-prune to this sparsity (e.g. 0.9)"),
+    _opt("prune_mode", str | None, "--prune-mode", help="oneshot | gradual"),
+    _opt("prune_scope", str | None, "--prune-scope", help="global | layer"),
+    _opt("target", float | None, "--target", help="metric target: report rounds/time/bytes to reach it"),
+    _opt("data_root", str | None, "--data-root", help="folder with mnist/fashion-mnist/cifar10 files"),
+    _opt("policy", str | None, "--policy", help="fixed | deadline:seconds=S[,skip=0|1,sync=0|1,cut=C,"
+         "unknown=hard|prior,slack=F,safety=F] | budget:bytes=B | accordion"),
+    _opt("jitter", float | None, "--jitter", help="per-round lognormal sigma of link bandwidths"),
+    _opt("secagg", bool | None, "--secagg/--no-secagg", help="secure aggregation (needs a fixed-range codec)"),
+    _opt("secagg_threshold", int | None, "--secagg-threshold", help="Shamir threshold t (default: majority)"),
+    _opt("dropout", float | None, "--dropout", help="fraction of clients vanishing after upload"),
+    _opt("dp_clip", float | None, "--dp-clip", help="DP: L2 clip C of each update"),
+    _opt("dp_noise", float | None, "--dp-noise", help="DP: noise multiplier z (sigma = z*C)"),
+    _opt("dp_delta", float | None, "--dp-delta", help="DP: delta for the reported epsilon"),
+    _opt("dp_adaptive", bool | None, "--dp-adaptive/--no-dp-adaptive", help="DP: adaptive clipping"),
+    _opt("target_epsilon", float | None, "--target-epsilon", help="DP: size the noise to this epsilon"),
+    _opt("backend", str | None, "--backend", help="local | ray"),
+    _opt("address", str | None, "--address",
+         help="--backend ray: join this Ray cluster (auto, ray://HOST:10001); default: start Ray here"),
+    _opt("workers", int | None, "--workers",
+         help="--backend ray: CPUs of the local Ray (on a cluster: tasks in flight)"),
+    _opt("aggregate", str | None, "--aggregate",
+         help="auto | mean | sparse_mean (per-coordinate over senders; auto: for top-k/threshold)"),
+    _opt("wait_full_deadline", bool | None, "--wait-full-deadline/--close-early",
+         help="a round with a dropped straggler lasts the whole deadline (default); --close-early: it ends "
+         "at the slowest kept client, as if the server knew who will miss"),
+]
+_TAIL = [
+    _opt("config", Path | None, "--config", help="TOML file with any of these options"),
+    _opt("quiet", bool, "--quiet", "-q", help="no progress bars or tables", default=False),
+    _opt("json_out", bool, "--json", help="print the summary as JSON on stdout", default=False),
+]
+
+
+def _with_run_options(fn):
+    """Give a command every shared option (one list for run and compare, not two copies).
+
+    ``fn`` declares only its own options, then ``**opts``, which receives the shared ones by name.
+    Typer reads the signature built here (``__signature__``): --scenario, fn's first own option
+    (its --codec), the shared options, fn's other own options, then --config, --quiet and --json.
+    """
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+           for p in inspect.signature(fn, eval_str=True).parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    clash = {p.name for p in own} & {p.name for p in _LEAD + _SHARED + _TAIL}
+    if clash:
+        raise TypeError(f"{fn.__name__} redeclares shared option(s): {', '.join(sorted(clash))}")
+
+    @functools.wraps(fn)
+    def command(**kwargs):
+        return fn(**kwargs)
+
+    command.__signature__ = inspect.Signature(_LEAD + own[:1] + _SHARED + own[1:] + _TAIL)
+    return command
 
 
 def _cli_options(params: dict) -> dict:
@@ -150,29 +192,19 @@ def _user_errors():
 
 
 @app.command("run")
+@_with_run_options
 def run_cmd(
-    scenario: Scenario = None,
     codec: Annotated[str | None, Opt("--codec", "-c", help="uplink codec spec, e.g. ef+topk:ratio=0.01+q:bits=8")] = None,
-    down_codec: DownCodec = None, clients: Clients = None, per_round: PerRound = None,
-    rounds: Rounds = None, alpha: Alpha = None, partition: Partition = None, network: Network = None,
-    deadline: Deadline = None, seed: Seed = None, local_epochs: Epochs = None, lr: Lr = None,
-    batch_size: Batch = None, strategy: Strategy = None, server_lr: ServerLr = None,
-    prox_mu: ProxMu = None, l1: L1 = None, l2: L2 = None, prune: Prune = None,
-    prune_mode: PruneMode = None, prune_scope: PruneScope = None, target: Target = None,
-    data_root: DataRoot = None, policy: Policy = None, jitter: Jitter = None,
-    secagg: SecAgg = None, secagg_threshold: SecAggT = None, dropout: Dropout = None,
-    dp_clip: DpClip = None, dp_noise: DpNoise = None, dp_delta: DpDelta = None,
-    dp_adaptive: DpAdaptive = None, target_epsilon: TargetEps = None, backend: Backend = None,
-    address: RayAddress = None, workers: Workers = None,
-    aggregate: Aggregate = None, wait_full_deadline: WaitDeadline = None,
     per_client_eval: Annotated[bool | None, Opt("--per-client-eval/--no-per-client-eval", help="also evaluate the global model on every client's data each round")] = None,
     checkpoint_every: Annotated[int | None, Opt("--checkpoint-every", help="checkpoint every N rounds")] = None,
     resume: Annotated[Path | None, Opt("--resume", help="resume from this run folder's checkpoint")] = None,
     out: Annotated[Path, Opt("--out", "-o", help="output folder")] = Path("results/run"),
-    config: Config = None, quiet: Quiet = False, json_out: Json = False,
+    **opts,
 ) -> None:
     """Run one federated experiment; writes OUT/metrics.jsonl and OUT/summary.json."""
-    cfg, _ = _merge(config, False, _cli_options(locals()))
+    config, quiet, json_out = opts.pop("config"), opts.pop("quiet"), opts.pop("json_out")
+    cli = {**opts, "codec": codec, "per_client_eval": per_client_eval, "checkpoint_every": checkpoint_every}
+    cfg, _ = _merge(config, False, _cli_options(cli))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedpress.sim.experiment import run_experiment
@@ -204,28 +236,18 @@ def run_cmd(
 
 
 @app.command("compare")
+@_with_run_options
 def compare_cmd(
-    scenario: Scenario = None,
     codec: Annotated[list[str] | None, Opt("--codec", "-c", help="codec spec; repeat for each codec")] = None,
-    down_codec: DownCodec = None, clients: Clients = None, per_round: PerRound = None,
-    rounds: Rounds = None, alpha: Alpha = None, partition: Partition = None, network: Network = None,
-    deadline: Deadline = None, seed: Seed = None, local_epochs: Epochs = None, lr: Lr = None,
-    batch_size: Batch = None, strategy: Strategy = None, server_lr: ServerLr = None,
-    prox_mu: ProxMu = None, l1: L1 = None, l2: L2 = None, prune: Prune = None,
-    prune_mode: PruneMode = None, prune_scope: PruneScope = None, target: Target = None,
-    data_root: DataRoot = None, policy: Policy = None, jitter: Jitter = None,
-    secagg: SecAgg = None, secagg_threshold: SecAggT = None, dropout: Dropout = None,
-    dp_clip: DpClip = None, dp_noise: DpNoise = None, dp_delta: DpDelta = None,
-    dp_adaptive: DpAdaptive = None, target_epsilon: TargetEps = None, backend: Backend = None,
-    address: RayAddress = None, workers: Workers = None,
-    aggregate: Aggregate = None, wait_full_deadline: WaitDeadline = None,
     jobs: Annotated[int | None, Opt("--jobs", "-j", help="run codecs in N parallel processes")] = None,
     out: Annotated[Path | None, Opt("--out", "-o", help="output folder")] = None,
-    config: Config = None, quiet: Quiet = False, json_out: Json = False,
+    **opts,
 ) -> None:
     """Run several codecs on one scenario; writes results.csv/json, plots and report.html."""
-    cfg, extra = _merge(config, True, _cli_options(locals()))
+    config, quiet, json_out = opts.pop("config"), opts.pop("quiet"), opts.pop("json_out")
+    cfg, extra = _merge(config, True, _cli_options({**opts, "codec": codec}))
     from fedpress.codecs import Codec, SpecError
+    from fedpress.sim.experiment import RunFailed
 
     specs = codec or extra.get("codecs") or list(DEFAULT_CODECS)
     try:
@@ -239,6 +261,9 @@ def compare_cmd(
     quiet = quiet or bool(extra.get("quiet", False))
     try:
         runs, part = compare(cfg, specs, out, jobs=jobs, quiet=quiet)
+    except RunFailed as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2 if e.user_error else 1) from None
     except _user_errors() as e:
         _fail(str(e))
 
@@ -257,17 +282,24 @@ DEFAULT_CODECS = (
 )
 
 
-def compare(cfg, specs: list[str], out: Path, *, jobs: int = 1, quiet: bool = False):
-    """Run ``cfg`` once per codec spec (optionally in parallel processes) and write the report."""
-    from concurrent.futures import ProcessPoolExecutor
+def compare(cfg, specs: list[str], out: Path, *, jobs: int = 1, quiet: bool = False, on_round=None,
+            mp_context=None):
+    """Run ``cfg`` once per codec spec (optionally in parallel processes) and write the report.
 
+    ``on_round(index, row)`` is called in this process after every round of every run (row: round,
+    metric, cum_uplink_bytes), with ``jobs > 1`` too. With ``jobs > 1`` a failing run lets the
+    others finish, then raises one :class:`~fedpress.sim.experiment.RunFailed` naming it.
+    ``mp_context``: the start method of the pool ('fork', 'spawn'; default: the platform's).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from fedpress.data import get_scenario
     from fedpress.report.html import write_report
-    from fedpress.sim.experiment import _run_one, slug
+    from fedpress.sim.experiment import _run_one, run_pool, slug
 
     out.mkdir(parents=True, exist_ok=True)
     jobs_list = [(dataclasses.replace(cfg, codec=s), out / "runs" / slug(s)) for s in specs]
+    total_rounds = cfg.rounds or get_scenario(cfg.scenario).rounds
     results: dict[str, tuple] = {}
     console = _console(quiet)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -275,23 +307,46 @@ def compare(cfg, specs: list[str], out: Path, *, jobs: int = 1, quiet: bool = Fa
                   disable=quiet) as prog:
         task = prog.add_task(f"{cfg.scenario}: codecs", total=len(jobs_list), info="")
         if jobs > 1:
-            with ProcessPoolExecutor(max_workers=jobs) as ex:
-                futs = {ex.submit(_run_one, j): j[0].codec for j in jobs_list}
-                for f in futs:
-                    results[futs[f]] = f.result()
-                    prog.update(task, advance=1, info=futs[f])
-        else:
-            from fedpress.data import get_scenario
+            # One bar per run, fed by the rounds the workers send back; a bar's clock starts when a
+            # worker takes its run up (again, if a crashed pool makes it rerun).
+            bars = [prog.add_task(f"  {s}", total=total_rounds, info="queued", start=False) for s in specs]
+            last: dict[int, str] = {}
 
-            rtask = prog.add_task("  rounds", total=cfg.rounds or get_scenario(cfg.scenario).rounds, info="")
-            for j in jobs_list:
+            def show_start(i):
+                last[i] = ""
+                prog.reset(bars[i], start=True, info="")
+
+            def show_round(i, row):
+                last[i] = f"metric {row['metric']:.4f}"
+                prog.update(bars[i], completed=row["round"], info=last[i])
+                if on_round is not None:
+                    on_round(i, row)
+
+            def show_done(i, error):
+                prog.update(bars[i], info="[red]failed" if error else f"{last.get(i, '')} ✓".strip())
+                prog.stop_task(bars[i])
+                prog.update(task, advance=1, info=specs[i])
+
+            def show_log(i, text):
+                prog.console.print(f"{specs[i]}: {text}", markup=False, highlight=False)
+
+            outcomes = run_pool(jobs_list, jobs, on_round=None if quiet and on_round is None else show_round,
+                                on_start=show_start, on_log=None if quiet else show_log, on_done=show_done,
+                                mp_context=mp_context)
+            _raise_failures(specs, jobs_list, outcomes)
+            results = dict(zip(specs, outcomes, strict=True))
+        else:
+            rtask = prog.add_task("  rounds", total=total_rounds, info="")
+            for i, j in enumerate(jobs_list):
                 prog.update(task, info=j[0].codec)
                 prog.reset(rtask)
 
-                def on_round(row, rtask=rtask):
+                def on_row(row, i=i, rtask=rtask):
                     prog.update(rtask, completed=row["round"], info=f"metric {row['metric']:.4f}")
+                    if on_round is not None:
+                        on_round(i, row)
 
-                results[j[0].codec] = _run_one(j, on_round)
+                results[j[0].codec] = _run_one(j, on_row)
                 prog.advance(task)
     runs = [results[s][0] for s in specs]
     part = results[specs[0]][1]
@@ -299,6 +354,32 @@ def compare(cfg, specs: list[str], out: Path, *, jobs: int = 1, quiet: bool = Fa
     config.pop("codec", None)
     write_report(out, runs, config=config, partition=part, target=cfg.target)
     return runs, part
+
+
+def _raise_failures(specs, jobs_list, outcomes) -> None:
+    """One error for the failed runs of a parallel compare: the first names its codec and counts the
+    rest; a crash (not a user error) leaves its traceback in that run's folder, not on the screen."""
+    import traceback
+
+    from fedpress.sim.experiment import RunFailed
+
+    failed = [(s, j[1], o) for s, j, o in zip(specs, jobs_list, outcomes, strict=True)
+              if isinstance(o, BaseException)]
+    if not failed:
+        return
+    spec, run_dir, e = failed[0]
+    user = isinstance(e, _user_errors()) and not isinstance(e, RunFailed)
+    msg = f"codec {spec!r}: {e}"
+    if not user and not isinstance(e, RunFailed):  # a bug: keep its (remote) traceback
+        msg = f"codec {spec!r}: {type(e).__name__}: {e}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text("".join(traceback.format_exception(e)))
+        msg += f" (traceback in {run_dir / 'error.txt'})"
+    if len(failed) > 1:
+        msg += f"; {len(failed) - 1} more run(s) failed: {', '.join(repr(f[0]) for f in failed[1:])}"
+    err = RunFailed(msg)
+    err.user_error = user
+    raise err
 
 
 def _register_subcommands() -> None:

@@ -3,9 +3,12 @@ its report. What ``fedpress run`` and ``fedpress compare`` (and TOML configs) ar
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -240,3 +243,143 @@ def _run_one(args, progress=None):
     cfg, out_dir = args
     res, part = run_experiment(cfg, out_dir, progress=progress)
     return {"summary": res.summary, "history": res.history}, part
+
+
+# --- compare --jobs N: runs in a process pool, their rounds reported back to this process ----------
+
+
+class RunFailed(RuntimeError):
+    """A run of a parallel compare that raised or whose worker process died; the message names it.
+    ``user_error``: the cause is one a user can fix (a bad value, a missing data file)."""
+
+    user_error = False
+
+
+class _QueueLog(logging.Handler):
+    """Sends a worker's ``fedpress`` warnings to the parent, which prints them above its bars."""
+
+    def __init__(self, index: int, queue):
+        super().__init__(logging.WARNING)
+        self.index, self.queue = index, queue
+
+    def emit(self, record):
+        with contextlib.suppress(Exception):
+            self.queue.put(("log", self.index, self.format(record)))
+
+
+def _run_one_reporting(args, index: int, queue, single_thread: bool = False):
+    """Process-pool entry point that also sends ``("start", index)``, then ``("round", index, round,
+    metric, cum_uplink_bytes)`` per round and ``("log", index, text)`` per warning.
+
+    ``queue`` is a ``Manager().Queue()`` proxy: it pickles under both 'fork' and 'spawn', and a worker
+    that dies mid-``put`` cannot leave a lock held the way a plain ``multiprocessing.Queue`` can.
+    ``single_thread``: run torch on one thread. A forked worker must: it inherits the locks of the
+    parent's OpenMP threads but not the threads, and GNU OpenMP then hangs at its first parallel
+    region whenever the parent ran torch ops before the fork (a notebook, a test session)."""
+    # Under 'fork' a worker inherits the parent's Rich live display, whose stdout/stderr proxies
+    # would redraw a stale copy of the bars on every line written here: use the real streams.
+    for name in ("stdout", "stderr"):
+        if type(getattr(sys, name)).__module__.startswith("rich"):
+            setattr(sys, name, getattr(sys, f"__{name}__"))
+    if single_thread:
+        import torch
+
+        torch.set_num_threads(1)
+    if queue is None:
+        return _run_one(args)
+
+    def report(row):
+        # progress is best effort: a vanished manager must not fail the run
+        with contextlib.suppress(Exception):
+            queue.put(("round", index, row["round"], row["metric"], row.get("cum_uplink_bytes")))
+
+    logger, handler = logging.getLogger("fedpress"), _QueueLog(index, queue)
+    logger.addHandler(handler)
+    with contextlib.suppress(Exception):
+        queue.put(("start", index))
+    try:
+        return _run_one(args, report)
+    finally:
+        logger.removeHandler(handler)
+
+
+def run_pool(jobs_list, jobs: int, *, on_round=None, on_start=None, on_log=None, on_done=None,
+             mp_context=None, poll: float = 0.1):
+    """Run :func:`_run_one` for each ``(cfg, out_dir)`` of ``jobs_list`` in ``jobs`` processes.
+
+    Returns one result per job, in order, or the exception that job ended with. Calls, in this
+    process: ``on_round(index, row)`` per finished round (row: round, metric, cum_uplink_bytes; only
+    when given, as it costs a manager process; then also ``on_start(index)`` when a worker takes a
+    job up and ``on_log(index, text)`` per warning it logs, default: written to stderr) and
+    ``on_done(index, error_or_None)`` per job.
+    ``mp_context``: a start method name ('fork', 'spawn', ...), a context, or None (the default).
+
+    A failing run never stops the others. A worker process that dies (a crash, the OOM killer)
+    breaks the whole pool and fails every run still in it, so those runs go again, one process
+    each: only the run that kills its own process then fails (as :class:`RunFailed`).
+    """
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp_context if not isinstance(mp_context, str | None) else multiprocessing.get_context(mp_context)
+    manager = ctx.Manager() if on_round is not None else None
+    queue = manager.Queue() if manager is not None else None
+    outcome: dict[int, Any] = {}
+    single_thread = ctx.get_start_method() == "fork"
+
+    def drain():
+        while queue is not None:
+            try:
+                kind, i, *msg = queue.get_nowait()
+            except Exception:  # queue.Empty, or the manager is gone: nothing more to show
+                return
+            if kind == "round":
+                on_round(i, dict(zip(("round", "metric", "cum_uplink_bytes"), msg, strict=True)))
+            elif kind == "start":
+                if on_start is not None:
+                    on_start(i)
+            elif on_log is not None:
+                on_log(i, msg[0])
+            else:
+                sys.stderr.write(msg[0] + "\n")
+
+    def drive(indices, isolated: bool):
+        waiting, active = deque(indices), {}
+        shared = None if isolated else ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+        try:
+            while waiting or active:
+                while waiting and (shared is not None or len(active) < jobs):
+                    i = waiting.popleft()
+                    pool = shared or ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+                    active[pool.submit(_run_one_reporting, jobs_list[i], i, queue, single_thread)] = (i, pool)
+                done, _ = wait(active, timeout=poll, return_when=FIRST_COMPLETED)
+                drain()
+                for f in done:
+                    i, pool = active.pop(f)
+                    if pool is not shared:
+                        pool.shutdown()
+                    try:
+                        outcome[i] = f.result()
+                    except BrokenProcessPool:
+                        outcome[i] = (RunFailed("its worker process died (crashed or was killed)")
+                                      if isolated else BrokenProcessPool())
+                    except Exception as e:
+                        outcome[i] = e
+                    if on_done is not None and not isinstance(outcome[i], BrokenProcessPool):
+                        on_done(i, outcome[i] if isinstance(outcome[i], BaseException) else None)
+        finally:
+            for _, pool in active.values():
+                pool.shutdown(wait=False, cancel_futures=True)
+            if shared is not None:
+                shared.shutdown(wait=True, cancel_futures=True)
+
+    try:
+        drive(range(len(jobs_list)), isolated=False)
+        drive(sorted(i for i, o in outcome.items() if isinstance(o, BrokenProcessPool)), isolated=True)
+        drain()
+    finally:
+        if manager is not None:
+            manager.shutdown()
+    return [outcome[i] for i in range(len(jobs_list))]
