@@ -86,7 +86,7 @@ SHARED_FLAGS = {
     "--dp-delta", "--dp-noise", "--dropout", "--jitter", "--json", "--l1", "--l2", "--local-epochs",
     "--lr", "--network", "--no-dp-adaptive", "--no-secagg", "--out", "--partition", "--per-round",
     "--policy", "--prox-mu", "--prune", "--prune-mode", "--prune-scope", "--quiet", "--rounds",
-    "--scenario", "--secagg", "--secagg-threshold", "--seed", "--server-lr", "--strategy", "--target",
+    "--sampling", "--scenario", "--secagg", "--secagg-threshold", "--seed", "--server-lr", "--strategy", "--target",
     "--target-epsilon", "--wait-full-deadline", "--workers", "-c", "-o", "-q", "-s",
 }
 RUN_FLAGS = SHARED_FLAGS | {"--checkpoint-every", "--per-client-eval", "--no-per-client-eval", "--resume"}

@@ -116,6 +116,9 @@ _SHARED = [
     _opt("dp_delta", float | None, "--dp-delta", help="DP: delta for the reported epsilon"),
     _opt("dp_adaptive", bool | None, "--dp-adaptive/--no-dp-adaptive", help="DP: adaptive clipping"),
     _opt("target_epsilon", float | None, "--target-epsilon", help="DP: size the noise to this epsilon"),
+    _opt("sampling", str | None, "--sampling",
+         help="fixed (exactly --per-round clients) | poisson (each joins with probability per_round/clients); "
+         "default: poisson under DP, so the accountant's assumption holds"),
     _opt("backend", str | None, "--backend", help="local | ray"),
     _opt("address", str | None, "--address",
          help="--backend ray: join this Ray cluster (auto, ray://HOST:10001); default: start Ray here"),

@@ -68,6 +68,7 @@ class RunConfig:
     workers: int | None = None  # backend ray: local Ray's CPUs (on a cluster: max tasks in flight)
     aggregate: str = "auto"  # auto | mean | sparse_mean (coordinate-wise over contributors)
     wait_full_deadline: bool = True  # a round with a dropped straggler lasts the whole deadline
+    sampling: str | None = None  # fixed | poisson (default: poisson under DP, else fixed)
 
     def check(self) -> RunConfig:
         """Validate values that can be checked before loading anything (one clear error each)."""
@@ -89,6 +90,8 @@ class RunConfig:
                 make_policy(self.policy)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+        if self.sampling not in (None, "fixed", "poisson"):
+            raise ConfigError(f"sampling must be 'fixed' or 'poisson', got {self.sampling!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.aggregate not in ("auto", "mean", "sparse_mean"):
@@ -220,7 +223,7 @@ def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress
         dp_adaptive=cfg.dp_adaptive, target_epsilon=cfg.target_epsilon, backend=cfg.backend,
         backend_options=({"address": cfg.ray_address, "num_cpus": cfg.workers}
                          if cfg.backend == "ray" else None),
-        aggregate=cfg.aggregate, wait_full_deadline=cfg.wait_full_deadline,
+        aggregate=cfg.aggregate, wait_full_deadline=cfg.wait_full_deadline, sampling=cfg.sampling,
         extra_summary={"partition": scheme, "alpha": cfg.alpha or sc.alpha, "synthetic": sc.synthetic},
     )
     return sim, part_summary
