@@ -30,7 +30,9 @@ from fedpress.report.plots import (
 )
 from fedpress.report.tables import (
     DISPLAY_COLUMNS,
+    codec_usage,
     display_rows,
+    format_bytes,
     results_table,
     to_jsonable,
     write_csv,
@@ -175,6 +177,26 @@ def _results_html(rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def _usage_html(usage: Sequence[Mapping[str, Any]]) -> str:
+    """The per-client codec choices of policy runs (:func:`fedpress.report.tables.codec_usage`)."""
+    if not usage:
+        return ""
+    body = []
+    for u in usage:
+        up = format_bytes(u["uplink_bytes"]) if u["uplink_bytes"] is not None else "—"
+        share = f"{100 * u['share']:.1f} %" if u["share"] is not None else "—"
+        spec = _e(u["codec"]).replace("+", "+<wbr>")
+        body.append(f"<tr><td class='code'>{_e(u['run'])}</td><td class='code'>{spec}</td>"
+                    f"<td class='num'>{_e(u['client_rounds'])}</td><td class='num'>{_e(up)}</td>"
+                    f"<td class='num'>{_e(share)}</td></tr>")
+    return (
+        "<h2>Codecs chosen per client</h2><div class='scroll'><table class='results' id='usage'>"
+        "<thead><tr><th scope='col'>run</th><th scope='col'>codec</th>"
+        "<th scope='col'>client-rounds</th><th scope='col'>uplink</th><th scope='col'>share</th>"
+        f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
 def _partition_html(partition: Mapping[str, Any] | None, heatmap: bytes | Path | None) -> str:
     if not partition:
         return "<p class='meta'>(no partition summary given)</p>"
@@ -281,6 +303,7 @@ uplink bytes. All byte counts are lengths of bytes actually produced.</p>
 <div class="plots">
 {"".join(figs) if figs else "<p class='meta'>(no plots)</p>"}
 </div>
+{_usage_html(codec_usage(runs))}
 <h2>Configuration</h2>
 {_kv_table(config or {})}
 <h2>Environment</h2>

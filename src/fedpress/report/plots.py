@@ -39,7 +39,8 @@ def run_labels(runs: Sequence[Run]) -> list[str]:
     ['none', 'q (seed 0)', 'q (seed 1)']
     """
     sums = [r.get("summary") or {} for r in runs]
-    labels = [str(s.get("codec", "?")) for s in sums]
+    labels = [f"policy {s['policy']}" if s.get("policy") not in (None, "", "fixed") else str(s.get("codec", "?"))
+              for s in sums]
     downs = {str(s.get("down_codec")) for s in sums}
     if len(downs) > 1:
         # Only runs that compress the downlink get the suffix: "q ↓none" is noise in a legend.

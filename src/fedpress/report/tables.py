@@ -144,7 +144,7 @@ def results_table(runs: Sequence[Run], target: float | None = None) -> list[dict
     baseline: dict[Any, float] = {}
     for r in runs:
         s = r.get("summary") or {}
-        if str(s.get("codec", "")).strip().lower() == "none":
+        if str(s.get("codec", "")).strip().lower() == "none" and not _policy(s):
             up = _finite(_total(s, r.get("history") or [], "uplink_bytes"))
             if up is not None and up > 0:
                 baseline.setdefault(s.get("scenario"), up)
@@ -167,7 +167,7 @@ def results_table(runs: Sequence[Run], target: float | None = None) -> list[dict
         rows.append(
             {
                 "scenario": s.get("scenario"),
-                "codec": s.get("codec"),
+                "codec": f"policy {_policy(s)}" if _policy(s) else s.get("codec"),
                 "down_codec": s.get("down_codec"),
                 "metric_name": metric_name,
                 "final_metric": s.get("final_metric"),
@@ -185,6 +185,53 @@ def results_table(runs: Sequence[Run], target: float | None = None) -> list[dict
             }
         )
     return rows
+
+
+def _policy(summary: Mapping[str, Any]) -> str | None:
+    """The policy spec of a run that chose codecs per client, else None."""
+    p = summary.get("policy")
+    return None if p in (None, "", "fixed") else str(p)
+
+
+def codec_usage(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """For runs with a per-client policy: how many client-rounds each codec was used for and the
+    uplink bytes it produced (from each round's ``client_codecs`` and ``client_uplink_bytes``),
+    plus the whole-model downloads sent lossily (``client_syncs``).
+
+    >>> hist = [{"client_codecs": {"0": "none", "1": "ef+q:bits=8"},
+    ...          "client_uplink_bytes": {"0": 4000, "1": 1100}, "client_syncs": {"1": "q:bits=8"}},
+    ...         {"client_codecs": {"0": "none"}, "client_uplink_bytes": {"0": 4000}}]
+    >>> rows = codec_usage([{"summary": {"policy": "deadline:seconds=5"}, "history": hist}])
+    >>> [(r["codec"], r["client_rounds"], r["uplink_bytes"], r["share"]) for r in rows]
+    [('none', 2, 8000, 0.6667), ('ef+q:bits=8', 1, 1100, 0.3333), ('lossy model download: q:bits=8', 1, None, None)]
+    """
+    out: list[dict[str, Any]] = []
+    for r in runs:
+        s = r.get("summary") or {}
+        pol = _policy(s)
+        if not pol:
+            continue
+        count: dict[str, int] = {}
+        nbytes: dict[str, int] = {}
+        syncs: dict[str, int] = {}
+        for h in r.get("history") or []:
+            up = h.get("client_uplink_bytes") or {}
+            codecs = h.get("client_codecs") or {c: s.get("codec", "?") for c in up}
+            for c, spec in codecs.items():
+                count[spec] = count.get(spec, 0) + 1
+                nbytes[spec] = nbytes.get(spec, 0) + int(up.get(c, 0))
+            for spec in (h.get("client_syncs") or {}).values():
+                syncs[spec] = syncs.get(spec, 0) + 1
+        total = sum(count.values())
+        for spec in sorted(count, key=lambda k: -count[k]):
+            out.append({"run": f"policy {pol}", "scenario": s.get("scenario"), "codec": spec,
+                        "client_rounds": count[spec], "uplink_bytes": nbytes[spec],
+                        "share": round(count[spec] / total, 4)})
+        for spec in sorted(syncs, key=lambda k: -syncs[k]):
+            out.append({"run": f"policy {pol}", "scenario": s.get("scenario"),
+                        "codec": f"lossy model download: {spec}", "client_rounds": syncs[spec],
+                        "uplink_bytes": None, "share": None})
+    return out
 
 
 def to_jsonable(obj: Any) -> Any:

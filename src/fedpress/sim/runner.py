@@ -626,7 +626,8 @@ class Simulation:
             "clients_kept": len(kept), "clients_dropped": len(timing.dropped), "clients_failed": failed,
             "clients_vanished": len(vanished), "clients_skipped": len(skipped),
             "train_loss": float(np.mean([r[6] for r in results])) if results else None,
-            "client_codecs": {str(r[0]): r[7] for r in results} if len({r[7] for r in results}) > 1 else None,
+            "client_codecs": ({str(r[0]): r[7] for r in results}
+                              if self.policy or len({r[7] for r in results}) > 1 else None),
             "client_uplink_bytes": {str(r[0]): r[4] for r in results},
             "client_syncs": {str(c): sp for c, sp in syncs.items()} or None,
             **row_extra,
