@@ -269,7 +269,7 @@ def bench_device_kernels(size: int = 1 << 26, *, repeat: int = 5, seed: int = 0,
     via torch ops, ``torch.topk``), all synchronised, best of ``repeat``, in the same run.
 
     *encode* is what a codec computes before anything travels: q = block range + quantise + pack
-    (``q_params`` + ``q_encode``), sign = the fixed-order |x| sums + sign + pack, top-k = threshold,
+    (one fused pass, ``q_encode_blocks``), sign = the fixed-order |x| sums + sign + pack, top-k = threshold,
     count, scan, compaction and fix-up, then the kept values; *decode* = unpack + dequantise (q,
     sign) or the scatter of k values (top-k). ``device="cpu"`` runs where
     :func:`fedpress.kernels.routes` sends CPU tensors (the interpreter in tests): no timing meaning.
@@ -294,9 +294,9 @@ def bench_device_kernels(size: int = 1 << 26, *, repeat: int = 5, seed: int = 0,
     k = keep_count(size, 0.01)
 
     def q_enc(bits):
-        def run():
-            _, _, lo, scale = g.q_params(x, 256, bits, "minmax")
-            return g.q_encode(x, 256, lo, scale, (1 << bits) - 1, bits)[0], lo, scale
+        def run():  # block 256 tiles a program: the fused one-pass kernel
+            _, _, lo, scale, packed, _ = g.q_encode_blocks(x, 256, bits, "minmax", (1 << bits) - 1, bits)
+            return packed, lo, scale
         return run
 
     def sign_enc():

@@ -48,6 +48,17 @@ def _data(shape, seed: int, kind: str) -> np.ndarray:
         x = r.normal(size=n) * 10.0 ** r.integers(-30, 31, size=n)
     elif kind == "ties":  # few distinct values: top-k ties, constant blocks
         x = r.integers(-2, 3, size=n).astype(np.float64)
+    elif kind == "fit":  # ±0, subnormals and huge values whose blocks' spans still fit float32
+        x = r.normal(size=n)
+        x[:6] = [0.0, -0.0, 1e-45, -1e-45, 1e-39, -1.17e-38][: min(n, 6)]
+        x[256:260] = [1e38, -1e38, 3e-39, -0.0][: max(0, min(n - 256, 4))]
+        x[512:768] = np.where(r.random(max(0, min(n - 512, 256))) < 0.5, 0.0, -0.0)  # a zero block
+        x[768:1024] = r.integers(-5, 6, size=max(0, min(n - 768, 256))) * 1e-45  # a subnormal block
+        x[1024:1025] = 1.5e38
+    elif kind == "halves":  # codes landing exactly on .5 (round half to even) in q:bits=2 blocks
+        x = r.integers(0, 7, size=n) * 0.5
+        x[::256] = 0.0
+        x[1::256] = 3.0
     else:  # "edge": ±0, subnormals, values whose range overflows float32
         x = r.normal(size=n)
         specials = np.array([0.0, -0.0, 1e-45, -1e-45, 3e38, -3e38, 1e-39], np.float64)
@@ -103,7 +114,8 @@ def spy(monkeypatch):
         g = kernels.gpu()
     assert g is not None and g.INTERPRETED or torch.cuda.is_available()
     calls: dict[str, int] = {}
-    for name in ("q_encode", "q_decode", "sign_encode", "sign_decode", "topk_checked", "indices_ge"):
+    for name in ("q_params", "q_encode", "q_encode_fused", "q_decode", "sign_encode", "sign_decode",
+                 "topk_checked", "indices_ge"):
         fn = getattr(g, name)
 
         def wrapped(*a, _fn=fn, _name=name, **k):
@@ -123,7 +135,8 @@ def test_same_bytes_and_values_on_every_shape(spec, spy):
     want = {"q": "q_encode", "sign": "sign_encode", "topk": "topk_checked",
             "threshold": "indices_ge"}.get(first)
     if want and "target" not in spec:
-        assert spy.get(want), f"{spec} did not take the Triton path"
+        took = spy.get(want) or (want == "q_encode" and spy.get("q_encode_fused"))
+        assert took, f"{spec} did not take the Triton path"
         dec = want.replace("encode", "decode")
         if dec.endswith("decode"):
             assert spy.get(dec), f"{spec} did not decode on the Triton path"
@@ -227,6 +240,86 @@ def test_malformed_fields_give_the_same_wire_error(spec, field, value):
             except WireError as e:
                 errs.append(str(e))
     assert errs[0] is not None and errs[0] == errs[1]
+
+
+# ----------------------------------------------------------------------------- q fused in one pass
+@pytest.mark.parametrize("spec,n,fused", [
+    ("q:bits=8", 2 * TILE + 300, True),  # the default block=256: 8 blocks a program, a partial tail
+    ("q:bits=4,stochastic=1", TILE + 1, True),
+    ("q:bits=5,mode=absmax", 3 * 256 + 1, True),
+    ("q:bits=3,block=2048", 2 * TILE + 1, True),  # one block a program
+    ("q:bits=1,block=1", 40, True),
+    ("q:bits=6,block=0", 100, True),  # one block of at most TILE values: one program
+    ("q:bits=6,block=0", 3000, False),  # a whole-tensor block beyond TILE
+    ("q:bits=3,block=7", 300, False),  # blocks that do not tile
+    ("q:bits=7,block=4096", 5000, False),  # a block larger than a program
+])
+def test_q_fused_path_is_taken_when_blocks_tile(spec, n, fused, spy):
+    for kind in ("fit", "edge"):  # "edge" has blocks spanning beyond float32: the same ValueError
+        _assert_same(spec, torch.from_numpy(_data((n,), n, kind)), seed=n)
+    assert bool(spy.get("q_encode_fused")) == fused, spy
+    assert bool(spy.get("q_params")) == (not fused) and bool(spy.get("q_encode")) == (not fused), spy
+
+
+@pytest.mark.parametrize("spec", ["q:bits=8", "q:bits=4,stochastic=1", "q:bits=5,mode=absmax",
+                                  "q:bits=2", "q:bits=3,mode=absmax"])
+def test_q_fused_same_bytes_on_hard_values(spec, spy):
+    # sizes straddling block and program boundaries; ties to even, subnormal scales, zero blocks
+    for n, kind in ((255, "halves"), (257, "ties"), (1025, "fit"), (TILE, "scales"),
+                    (TILE + 255, "fit"), (2 * TILE + 257, "halves")):
+        _assert_same(spec, torch.from_numpy(_data((n,), n, kind)), seed=n)
+    assert spy.get("q_encode_fused") and not spy.get("q_params")
+
+
+def _bits_all(ts) -> list:
+    return [None if t is None else _bits(t) for t in ts]
+
+
+@pytest.mark.parametrize("bits,mode,block", [(8, "minmax", 256), (3, "absmax", 64),
+                                             (5, "minmax", 2), (1, "minmax", 0)])
+def test_q_fused_equals_the_two_pass_kernels(bits, mode, block):
+    # min/max/lo/scale, bytes and reconstruction of the one-pass kernel against q_params + q_encode,
+    # inputs with NaN, ±inf and overflowing spans included (the codec refuses them after the launch
+    # from min/max and scale, so those must agree too)
+    with kernels.using_gpu(True):
+        g = kernels.gpu()
+    top = (1 << bits) - 1 if mode == "minmax" else 2 * ((1 << (bits - 1)) - 1)
+    r = np.random.default_rng(bits)
+    refused = 0
+    for n in (1, 9, 2 * TILE + 3):
+        for kind in ("fit", "edge", "nan"):
+            x = _data((n,), n, "edge" if kind == "nan" else kind)
+            if kind == "nan":
+                x[n // 2] = np.nan
+                x[-1] = -np.inf
+            xt = torch.from_numpy(x)
+            if not g.fused_block(n, block):
+                continue
+            for u in (None, r.random(n, dtype=np.float32)):
+                with np.errstate(all="ignore"):
+                    one = g.q_encode_fused(xt, block, bits, mode, top, bits, u, True)
+                    mn, mx, lo, scale = g.q_params(xt, block, bits, mode)
+                    two = (mn, mx, lo, scale, *g.q_encode(xt, block, lo, scale, top, bits, u, True))
+                # what the codec checks (min/max finite, scale·top finite) must agree bit for bit;
+                # codes and reconstruction only where it accepts the input (a NaN's sign after
+                # arithmetic is the hardware's, and numpy's loops may order operands either way)
+                assert _bits_all(one[:4]) == _bits_all(two[:4]), (n, kind, u is None)
+                with np.errstate(all="ignore"):
+                    ok = np.isfinite(np.concatenate([one[0].numpy(), one[1].numpy(),
+                                                     one[3].numpy() * np.float32(top)])).all()
+                assert ok or kind != "fit"
+                refused += not ok
+                if ok:
+                    assert _bits_all(one[4:]) == _bits_all(two[4:]), (n, kind, u is None)
+    assert refused  # the NaN/inf and overflow cases were there
+
+
+def test_fused_block_rule():
+    with kernels.using_gpu(True):
+        g = kernels.gpu()
+    assert [g.fused_block(10_000, b) for b in (256, 1, 2048, 4096, 7, 0)] == [256, 1, 2048, 0, 0, 0]
+    assert [g.fused_block(n, 256) for n in (0, 1, 255, 256, 257)] == [0, 1, TILE, 256, 256]
+    assert g.fused_block(TILE, 0) == TILE and g.fused_block(TILE + 1, 0) == 0
 
 
 # ----------------------------------------------------------------------------- building blocks

@@ -336,11 +336,12 @@ class Q(Stage):
         u = None
         if self.stochastic:  # the reference's draws, made on the host and copied over
             u = ctx.rng(bits).random(block_shape(n, self.block), dtype=np.float32)
-        mn, mx, lo, scale = g.q_params(flat, self.block, bits, self.mode)
+        # one fused launch where the blocks tile (range + quantise + pack), else two passes
+        mn, mx, lo, scale, packed, rec = g.q_encode_blocks(
+            flat, self.block, bits, self.mode, _q_top(bits, self.mode), _store_bits(bits, ctx), u,
+            ctx.recon)
         require_finite(g.finite(mn, mx), ctx)
         require_span(_host(scale), bits, self.mode, ctx)
-        packed, rec = g.q_encode(flat, self.block, lo, scale, _q_top(bits, self.mode),
-                                 _store_bits(bits, ctx), u, ctx.recon)
         if self.mode == "minmax":
             ctx.write(_host(lo))
         ctx.write(_host(scale))

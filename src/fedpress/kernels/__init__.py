@@ -62,10 +62,12 @@ the device (``topk+q``, ``threshold+sign``), and their decoders with
 ``fedpress.decompress(blob, device="cuda")``. Other stages take the tensor to the host and run as
 before. One launch per step over a 1-D grid:
 
-* q: per-block min/max in an integer key space (one program per (block, 4096-value span) item, a
-  second reduction across spans for big blocks), lo/scale per block in a tiny kernel, then one
-  quantise + pack pass (2048 values per program, groups of 8 codes → ``bits`` bytes, so programs
-  never share a byte), with the reconstruction fused when wanted;
+* q: when blocks tile a 2048-value program (block a power of two ≤ 2048, the default 256, or one
+  block ≤ 2048 values), ONE pass: each program loads its values once, reduces min/max per block in
+  an integer key space, computes lo/scale, quantises and packs (groups of 8 codes → ``bits`` bytes,
+  so programs never share a byte): 4 bytes read and bits/8 written per value. Other blocks take two
+  passes: min/max per (block, 4096-value span) item (a second reduction across spans for big
+  blocks) and lo/scale, then quantise + pack. The reconstruction is fused when wanted;
 * sign: the |x| sums in the span/lane order of :mod:`fedpress.codecs._reduce` (a sequential
   float64 loop per lane; spans of one block are added on the host, one float64 per 4096 values),
   then sign + pack;

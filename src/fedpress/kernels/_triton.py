@@ -29,6 +29,21 @@ Bit-identity with the NumPy reference needs these cares, all taken here:
 
 Random draws (stochastic rounding's uniforms) are made on the host by the codec with NumPy, exactly
 as on the reference path, and copied to the device: a kernel never owns an RNG.
+
+q's encoder (:func:`q_encode_blocks`, what ``Q.encode_device`` calls) is **one launch** when a
+program of :data:`TILE` = 2048 values holds whole blocks (:func:`fused_block`: the effective block
+size divides 2048, i.e. ``block`` a power of two ≤ 2048 such as the default 256, or the tensor is a
+single block of ≤ 2048 values): each program loads its float32 values once, views them as
+(blocks, block), reduces each block's min/max in the integer key space, computes lo/scale with
+:func:`_lo_scale` (the same float32 operations as ``q_params``), writes min/max/lo/scale per
+block, then quantises (round half to even, or floor with the host's uniforms), packs the codes and
+writes the reconstruction when asked, from the same registers. Bytes moved per value: 4 read (+4
+for stochastic uniforms), ``bits/8`` written (+16 a block for min/max/lo/scale, +4 when the
+reconstruction is asked for), against 8 read for the two-pass path. Other blocks (``block=0`` over
+more than 2048 values, blocks over 2048, blocks that do not divide 2048 such as 7 or 13) keep two
+passes: :func:`q_params` (min/max per (block, span) item, then lo/scale) and :func:`q_encode`
+(quantise + pack). The codec checks min/max (finite) and scale (span) after the launch either way,
+with the reference's messages; codes computed for a refused input are dropped.
 """
 
 from __future__ import annotations
@@ -283,12 +298,9 @@ def all_finite(x: torch.Tensor) -> bool:
 
 # ----------------------------------------------------------------------------- q
 @_jit
-def _qparams_kernel(klo_ptr, khi_ptr, mn_ptr, mx_ptr, lo_ptr, scale_ptr, nb, top, half,
-                    ABSMAX: tl.constexpr, B: tl.constexpr, DIV: tl.constexpr):
-    i = tl.program_id(0).to(tl.int64) * B + tl.arange(0, B)
-    m = i < nb
-    mn = _key(tl.load(klo_ptr + i, mask=m, other=0)).to(tl.float32, bitcast=True)
-    mx = _key(tl.load(khi_ptr + i, mask=m, other=0)).to(tl.float32, bitcast=True)
+def _lo_scale(mn, mx, top, half, ABSMAX: tl.constexpr, B: tl.constexpr, DIV: tl.constexpr):
+    # (lo, scale) of B blocks from their float32 min and max: codecs.quantize.q_params, the same
+    # float32 operations in the same order (no FMA: _OPTS; correctly rounded division: _div).
     if ABSMAX:
         amn = tl.abs(mn)
         amx = tl.abs(mx)
@@ -299,6 +311,17 @@ def _qparams_kernel(klo_ptr, khi_ptr, mn_ptr, mx_ptr, lo_ptr, scale_ptr, nb, top
     else:
         lo = mn + 0.0  # +0.0 where the min is -0.0 (codecs.quantize.q_params)
         scale = _div((mx + 0.0) - lo, tl.full((B,), 0.0, tl.float32) + top, DIV)
+    return lo, scale
+
+
+@_jit
+def _qparams_kernel(klo_ptr, khi_ptr, mn_ptr, mx_ptr, lo_ptr, scale_ptr, nb, top, half,
+                    ABSMAX: tl.constexpr, B: tl.constexpr, DIV: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * B + tl.arange(0, B)
+    m = i < nb
+    mn = _key(tl.load(klo_ptr + i, mask=m, other=0)).to(tl.float32, bitcast=True)
+    mx = _key(tl.load(khi_ptr + i, mask=m, other=0)).to(tl.float32, bitcast=True)
+    lo, scale = _lo_scale(mn, mx, top, half, ABSMAX, B, DIV)
     tl.store(mn_ptr + i, mn, mask=m)
     tl.store(mx_ptr + i, mx, mask=m)
     tl.store(lo_ptr + i, lo, mask=m)
@@ -319,6 +342,19 @@ def q_params(x: torch.Tensor, block: int, bits: int, mode: str):
 
 
 @_jit
+def _quantise(x, lo, sc, u, top, STOCH: tl.constexpr, DIV: tl.constexpr):
+    # codes of q as float32 (0..top, NaN -> 0): codecs.quantize._q_encode, value by value.
+    sd = tl.where(sc > 0.0, sc, 1.0)  # 0 = a constant block: every code 0
+    v = _div(x - lo, sd, DIV)
+    if STOCH:
+        v = tl.floor(v + u)
+    else:
+        v = _rint(v)
+    v = tl.where(v > 0.0, v, 0.0)  # np.fmax(v, 0): NaN becomes 0
+    return tl.where(v < top, v, top)
+
+
+@_jit
 def _q_enc_kernel(x_ptr, lo_ptr, scale_ptr, u_ptr, out_ptr, rec_ptr, n, nbytes, bsz, top,
                   SBITS: tl.constexpr, STOCH: tl.constexpr, REC: tl.constexpr, G: tl.constexpr,
                   DIV: tl.constexpr):
@@ -329,14 +365,10 @@ def _q_enc_kernel(x_ptr, lo_ptr, scale_ptr, u_ptr, out_ptr, rec_ptr, n, nbytes, 
     b = offs // bsz
     lo = tl.load(lo_ptr + b, mask=m, other=0.0)
     sc = tl.load(scale_ptr + b, mask=m, other=1.0)
-    sd = tl.where(sc > 0.0, sc, 1.0)  # 0 = a constant block: every code 0
-    v = _div(x - lo, sd, DIV)
+    u = x
     if STOCH:
-        v = tl.floor(v + tl.load(u_ptr + offs, mask=m, other=0.0))
-    else:
-        v = _rint(v)
-    v = tl.where(v > 0.0, v, 0.0)  # np.fmax(v, 0): NaN becomes 0
-    v = tl.where(v < top, v, top)
+        u = tl.load(u_ptr + offs, mask=m, other=0.0)
+    v = _quantise(x, lo, sc, u, top, STOCH, DIV)
     codes = tl.where(m, v.to(tl.int64), 0)
     _pack_store(codes, out_ptr, pid, nbytes, SBITS, G)
     if REC:
@@ -372,6 +404,106 @@ def _uniforms(u, n: int, device) -> torch.Tensor | None:
         return None
     a = np.ascontiguousarray(u, np.float32).reshape(-1)[:n]
     return torch.from_numpy(a).to(device)
+
+
+@_jit
+def _q_fused_kernel(x_ptr, u_ptr, mn_ptr, mx_ptr, lo_ptr, scale_ptr, out_ptr, rec_ptr, n, nb,
+                    nbytes, qtop, half, top, ABSMAX: tl.constexpr, SBITS: tl.constexpr,
+                    STOCH: tl.constexpr, REC: tl.constexpr, BS: tl.constexpr, T: tl.constexpr,
+                    DIV: tl.constexpr):
+    # One program = T values = T // BS whole blocks of BS values (BS divides T; a lone block of
+    # n <= T values has BS = T). The input is read once: the blocks' min/max (integer keys, as
+    # _minmax_kernel), their lo/scale (_lo_scale, as _qparams_kernel), then codes and bytes
+    # (as _q_enc_kernel) from the same registers.
+    NB: tl.constexpr = T // BS
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * T + tl.arange(0, T)
+    m = offs < n
+    x = tl.reshape(tl.load(x_ptr + offs, mask=m, other=0.0), (NB, BS))
+    m2 = tl.reshape(m, (NB, BS))
+    k = _key(x.to(tl.int32, bitcast=True))
+    klo = tl.reduce(tl.where(m2, k, 2147483647), 1, _MIN)
+    khi = tl.reduce(tl.where(m2, k, -2147483648), 1, _MAX)
+    mn = _key(klo).to(tl.float32, bitcast=True)
+    mx = _key(khi).to(tl.float32, bitcast=True)
+    lo, sc = _lo_scale(mn, mx, qtop, half, ABSMAX, NB, DIV)
+    b = pid.to(tl.int64) * NB + tl.arange(0, NB)
+    bm = b < nb
+    tl.store(mn_ptr + b, mn, mask=bm)
+    tl.store(mx_ptr + b, mx, mask=bm)
+    tl.store(lo_ptr + b, lo, mask=bm)
+    tl.store(scale_ptr + b, sc, mask=bm)
+    lo2 = tl.broadcast_to(lo[:, None], (NB, BS))
+    sc2 = tl.broadcast_to(sc[:, None], (NB, BS))
+    u = x
+    if STOCH:
+        u = tl.reshape(tl.load(u_ptr + offs, mask=m, other=0.0), (NB, BS))
+    v = _quantise(x, lo2, sc2, u, top, STOCH, DIV)
+    codes = tl.where(m2, v.to(tl.int64), 0)
+    _pack_store(tl.reshape(codes, (T // 8, 8)), out_ptr, pid, nbytes, SBITS, T // 8)
+    if REC:
+        rec = tl.reshape(codes.to(tl.float32) * sc2 + lo2, (T,))
+        tl.store(rec_ptr + offs, rec, mask=m)
+
+
+def fused_block(n: int, block: int) -> int:
+    """The block size (a constexpr) of the fused q encoder for n values cut into ``block``-value
+    blocks, or 0 when q takes the two-pass path.
+
+    Fused: when a program of :data:`TILE` values holds whole blocks, i.e. the effective block size
+    (:func:`~fedpress.codecs._reduce.block_shape`) divides TILE (a power of two ≤ 2048: the default
+    256, any ``block=2**k`` ≤ 2048), or the tensor is one block of at most TILE values (``block=0``
+    or ``block >= n`` with n ≤ 2048). Two passes otherwise: larger blocks (whole-tensor ``block=0``
+    beyond 2048 values, ``block=5000``) and blocks that do not tile (``block=7``).
+
+    >>> fused_block(10_000, 256), fused_block(100, 0), fused_block(3000, 0), fused_block(100, 7)
+    (256, 2048, 0, 0)
+    """
+    if n <= 0:
+        return 0
+    nb, bsz = block_shape(n, block)
+    if TILE % bsz == 0:
+        return bsz
+    return TILE if nb == 1 and n <= TILE else 0
+
+
+def q_encode_fused(x, block, bits, mode, top, sbits, u=None, recon=False):
+    """q's whole encoder in one launch (see :func:`fused_block` for when it applies):
+    ``(min, max, lo, scale, packed, rec or None)``, as :func:`q_params` then :func:`q_encode`.
+
+    Each program reads its 2048 float32 values once (and the uniforms when stochastic), writes their
+    codes (``bits/8`` bytes a value), min/max/lo/scale per block (16 bytes a block) and the
+    reconstruction when asked.
+    """
+    n = x.numel()
+    bs = fused_block(n, block)
+    if not bs:
+        raise ValueError(f"q_encode_fused: {n} values in blocks of {block} do not tile")
+    nb, _ = block_shape(n, block)
+    nbytes = _packed_len(n, sbits)
+    stats = [torch.empty(nb, dtype=torch.float32, device=x.device) for _ in range(4)]
+    packed = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
+    rec = torch.empty(n if recon else 0, dtype=torch.float32, device=x.device)
+    ut = _uniforms(u, n, x.device)
+    _q_fused_kernel[_grid(n, TILE)](x, ut if ut is not None else x, *stats, packed,
+                                    rec if recon else x, n, nb, nbytes, float((1 << bits) - 1),
+                                    float((1 << (bits - 1)) - 1), float(top),
+                                    ABSMAX=mode == "absmax", SBITS=sbits, STOCH=ut is not None,
+                                    REC=bool(recon), BS=bs, T=TILE, DIV=DIV_MODE, **_OPTS)
+    return (*stats, packed, rec if recon else None)
+
+
+def q_encode_blocks(x, block, bits, mode, top, sbits, u=None, recon=False):
+    """q's encoder, fused in one pass where :func:`fused_block` allows, else :func:`q_params` +
+    :func:`q_encode`: ``(min, max, lo, scale, packed, rec or None)``, the same values either way.
+
+    The codec checks min/max (finite) and scale (span) after the launch; on bad input the codes are
+    computed and dropped (NaN quantises to code 0, nothing faults).
+    """
+    if fused_block(x.numel(), block):
+        return q_encode_fused(x, block, bits, mode, top, sbits, u, recon)
+    mn, mx, lo, scale = q_params(x, block, bits, mode)
+    return (mn, mx, lo, scale, *q_encode(x, block, lo, scale, top, sbits, u, recon))
 
 
 @_jit
