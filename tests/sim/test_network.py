@@ -158,3 +158,11 @@ def test_sample_available_matches_availability():
     again = sample_available(links, cand, np.random.default_rng(0))
     assert np.array_equal(online, again)
     assert np.all(np.diff(online) > 0)  # candidate order preserved
+
+
+def test_links_carry_their_preset_kind():
+    links = make_links("mixed", 20, seed=0)
+    assert {ln.kind for ln in links} == {"wifi", "4g", "3g", "nbiot"}
+    assert sum(ln.kind == "nbiot" for ln in links) == 2
+    assert all(ln.kind == "4g" for ln in make_links("4g", 3, seed=1))
+    assert Link(1.0, 1.0, 0.0).kind == ""

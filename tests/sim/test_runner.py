@@ -171,3 +171,14 @@ def test_auto_aggregation_picks_sparse_mean_only_for_biased_sparsifiers():
     assert _sim(codec="ef+topk:ratio=0.1").aggregate == "sparse_mean"
     assert _sim(codec="qsgd:levels=4").aggregate == "mean"  # exact zeros are real values here
     assert _sim(codec="topk:ratio=0.1", dp_clip=1.0).aggregate == "mean"
+
+
+def test_per_client_eval_groups_the_metric_by_link_kind():
+    clients, test = _data(n_clients=4)
+    fast = Link(up_mbps=50, down_mbps=50, latency_s=0.01, kind="wifi")
+    slow = Link(up_mbps=1, down_mbps=1, latency_s=0.1, kind="nbiot")
+    res = Simulation(_model, clients, test, rounds=2, per_round=4, metric=_acc, network=[fast, fast, slow, slow],
+                     per_client_eval=True).run()
+    by = res.history[-1]["client_metric_by_kind"]
+    assert set(by) == {"wifi", "nbiot"}
+    assert min(by.values()) <= res.history[-1]["client_metric_mean"] <= max(by.values())

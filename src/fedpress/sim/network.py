@@ -63,6 +63,7 @@ class Link:
     latency_s: float
     compute_factor: float = 1.0
     availability: float = 1.0
+    kind: str = ""  # the preset it was drawn from ("wifi", "nbiot", ...): groups per-client metrics
 
     def __post_init__(self) -> None:
         for name in ("up_mbps", "down_mbps", "compute_factor"):
@@ -99,13 +100,13 @@ _INF = math.inf
 
 PRESETS: dict[str, Preset] = {
     "wifi": Preset(
-        "wifi", Link(20.0, 60.0, 0.020, 1.0, 0.8), source="Ookla Speedtest Global Index"
+        "wifi", Link(20.0, 60.0, 0.020, 1.0, 0.8, "wifi"), source="Ookla Speedtest Global Index"
     ),
-    "4g": Preset("4g", Link(6.0, 20.0, 0.050, 0.7, 0.5), source="Opensignal; Ookla"),
-    "3g": Preset("3g", Link(0.8, 3.0, 0.120, 0.3, 0.4), source="Opensignal"),
+    "4g": Preset("4g", Link(6.0, 20.0, 0.050, 0.7, 0.5, "4g"), source="Opensignal; Ookla"),
+    "3g": Preset("3g", Link(0.8, 3.0, 0.120, 0.3, 0.4, "3g"), source="Opensignal"),
     "nbiot": Preset(
         "nbiot",
-        Link(0.02, 0.02, 2.0, 0.02, 0.3),
+        Link(0.02, 0.02, 2.0, 0.02, 0.3, "nbiot"),
         source="3GPP TR 45.820, TS 36.306; Martinez et al. 2019",
     ),
     "mixed": Preset(
@@ -113,7 +114,7 @@ PRESETS: dict[str, Preset] = {
         mix=(("wifi", 0.3), ("4g", 0.4), ("3g", 0.2), ("nbiot", 0.1)),
         source="mix of the presets above",
     ),
-    "ideal": Preset("ideal", Link(_INF, _INF, 0.0, 1.0, 1.0), source="no network cost"),
+    "ideal": Preset("ideal", Link(_INF, _INF, 0.0, 1.0, 1.0, "ideal"), source="no network cost"),
 }
 _ALIASES = {"none": "ideal"}
 
@@ -142,6 +143,7 @@ def _jitter(median: Link, z: np.ndarray, spread: float) -> Link:
         latency_s=median.latency_s * math.exp(spread * lat),
         compute_factor=median.compute_factor * math.exp(spread * cpu),
         availability=avail,
+        kind=median.kind,
     )
 
 

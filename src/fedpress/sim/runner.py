@@ -611,6 +611,13 @@ class Simulation:
                 vals.append(float(self.metric(predict_proba(model, G, x).numpy(), y.numpy())))
             row_extra = {"client_metric_mean": float(np.nanmean(vals)), "client_metric_min": float(np.nanmin(vals)),
                          "client_metric_p10": float(np.nanpercentile(vals, 10))}
+            # Per link kind (wifi, 4g, 3g, nbiot, ...): what a policy that leaves slow clients out
+            # costs *their* data, which the global test metric can hide.
+            kinds: dict[str, list[float]] = {}
+            for ln, v in zip(self.links, vals, strict=True):
+                kinds.setdefault(ln.kind or "custom", []).append(v)
+            if len(kinds) > 1:
+                row_extra["client_metric_by_kind"] = {k: float(np.nanmean(v)) for k, v in sorted(kinds.items())}
         tm["eval_s"] += time.perf_counter() - t0
         up = sum(r[4] for r in results) + extra_up
         downb = sum(r[3] for r in results) + extra_down
