@@ -20,6 +20,7 @@ def test_run_writes_contract_files(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["round"] for row in rows] == [1, 2]
     assert json.loads(r.stdout.strip().splitlines()[-1])["total_uplink_bytes"] == summary["total_uplink_bytes"]
+    assert "ef+topk:ratio=0.05+q:bits=8" in (tmp_path / "report.html").read_text()
 
 
 def test_compare_writes_report(tmp_path):

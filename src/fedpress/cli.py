@@ -204,7 +204,7 @@ def run_cmd(
     out: Annotated[Path, Opt("--out", "-o", help="output folder")] = Path("results/run"),
     **opts,
 ) -> None:
-    """Run one federated experiment; writes OUT/metrics.jsonl and OUT/summary.json."""
+    """Run one federated experiment; writes OUT/metrics.jsonl, OUT/summary.json and OUT/report.html."""
     config, quiet, json_out = opts.pop("config"), opts.pop("quiet"), opts.pop("json_out")
     cli = {**opts, "codec": codec, "per_client_eval": per_client_eval, "checkpoint_every": checkpoint_every}
     cfg, _ = _merge(config, False, _cli_options(cli))
@@ -226,15 +226,19 @@ def run_cmd(
                 prog.update(task, completed=row["round"],
                             info=f"metric {row['metric']:.4f} · up {row['cum_uplink_bytes']:,} B")
 
-            res, _ = run_experiment(cfg, out, resume=resume, progress=on_round)
+            res, part = run_experiment(cfg, out, resume=resume, progress=on_round)
     except _user_errors() as e:
         _fail(str(e))
+    from fedpress.report.html import write_report
+
+    runs = [{"summary": res.summary, "history": res.history}]
+    # The same report as compare's, for one run (a policy run's codec choices included).
+    write_report(out, runs, config=dataclasses.asdict(cfg), partition=part, target=cfg.target)
     if json_out:
         sys.stdout.write(json.dumps(res.summary, default=str) + "\n")
     if not quiet:
         from fedpress.report.tables import results_table, rich_table
 
-        runs = [{"summary": res.summary, "history": res.history}]
         console.print(rich_table(results_table(runs, target=cfg.target), title=f"fedpress run → {out}"))
 
 
