@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from kernel_data import make_data as _data
 
 import fedpress
 from fedpress import WireError, kernels
@@ -45,20 +46,6 @@ SPECS = [
 SHAPES = [(), (0,), (1,), (7,), (3, 0, 2), (33, 17), (CHUNK - 1,), (CHUNK + 1,), (3 * CHUNK + 5,)]
 
 
-def _data(shape, seed: int, kind: str) -> np.ndarray:
-    r = np.random.default_rng(seed)
-    n = int(np.prod(shape, dtype=np.int64))
-    if kind == "normal":
-        x = r.normal(size=n)
-    elif kind == "scales":  # magnitudes from 1e-30 to 1e30 side by side
-        x = r.normal(size=n) * 10.0 ** r.integers(-30, 31, size=n)
-    elif kind == "ties":  # few distinct values: top-k ties, constant blocks
-        x = r.integers(-2, 3, size=n).astype(np.float64)
-    else:  # "edge": ±0, subnormals, values whose range overflows float32
-        x = r.normal(size=n)
-        specials = np.array([0.0, -0.0, 1e-45, -1e-45, 3e38, -3e38, 1e-39], np.float64)
-        x[: min(n, specials.size)] = specials[: min(n, specials.size)]
-    return x.astype(np.float32).reshape(shape)
 
 
 def _both(spec: str, x, seed: int, **kw):

@@ -208,10 +208,10 @@ def _q_top(bits: int, mode: str) -> int:
     return (1 << bits) - 1 if mode == "minmax" else 2 * ((1 << (bits - 1)) - 1)
 
 
-def _q_encode(x2: np.ndarray, bits: int, mode: str, u, stats=None):
-    """Per-block quantisation of an (nb, B) float32 array → (codes, lo, scale)."""
-    mn, mx = stats if stats is not None else (x2.min(axis=1), x2.max(axis=1))
-    lo, scale = q_params(mn, mx, bits, mode)
+def _q_encode(x2: np.ndarray, bits: int, mode: str, u, params=None):
+    """Per-block quantisation of an (nb, B) float32 array → (codes, lo, scale); ``params`` are
+    this width's (lo, scale) when the caller already has them."""
+    lo, scale = params if params is not None else q_params(x2.min(axis=1), x2.max(axis=1), bits, mode)
     # Divide rather than multiply by 1/scale: for tiny (subnormal) scales 1/scale overflows to inf
     # in float32 and the codes became garbage. A zero scale means a constant block (all codes 0).
     v = (x2 - lo[:, None]) / np.where(scale > 0, scale, np.float32(1))[:, None]
@@ -265,9 +265,9 @@ class Q(Stage):
     recon_optional = True
     checks_finite = True
 
-    def _encode_bits(self, x2, bits, ctx, stats=None):
+    def _encode_bits(self, x2, bits, ctx, params=None):
         u = ctx.rng(bits).random(x2.shape, dtype=np.float32) if self.stochastic else None
-        return _q_encode(x2, bits, self.mode, u, stats)
+        return _q_encode(x2, bits, self.mode, u, params)
 
     def encode(self, x, ctx, rest):
         k = kernels.cpu()
@@ -276,16 +276,17 @@ class Q(Stage):
         # The target search (several widths, each with its error) stays on the reference path.
         x2, n = blocks_of(x.ravel(), self.block)
         bits = self.bits
-        stats = None
+        params = None
         if self.target > 0:
             require_finite(_all_finite(x2), ctx)
-            if x2.size:
+            if x2.size:  # top·scale is about the block's span at every width: the widest stands for all
                 require_span(q_params(x2.min(axis=1), x2.max(axis=1), self.bits, self.mode)[1],
                              self.bits, self.mode, ctx)
         else:  # min/max are NaN or ±inf exactly when the block holds such a value
             stats = (x2.min(axis=1), x2.max(axis=1))
             require_finite(_all_finite(*stats), ctx)
-            require_span(q_params(*stats, bits, self.mode)[1], bits, self.mode, ctx)
+            params = q_params(*stats, bits, self.mode)
+            require_span(params[1], bits, self.mode, ctx)
         if self.target > 0 and n:
             norm = float(np.linalg.norm(x))
             lo_bits = 2 if self.mode == "absmax" else 1
@@ -300,7 +301,7 @@ class Q(Stage):
             ctx.write(bytes([bits]))
             codes, lo, scale = self._encode_bits(x2, bits, ctx)
         else:
-            codes, lo, scale = self._encode_bits(x2, bits, ctx, stats)
+            codes, lo, scale = self._encode_bits(x2, bits, ctx, params)
         if self.mode == "minmax":
             ctx.write(f32_field(lo))
         ctx.write(f32_field(scale))
@@ -348,11 +349,8 @@ class Q(Stage):
         ctx.write(_host(packed))
         return _recon(rec, x.shape)
 
-    def decode_device(self, shape, ctx, rest, device):
-        g = kernels.gpu()
-        if g is None or self.target > 0:
-            return self.decode(shape, ctx, rest)
-        n, bits = numel(shape), self.bits
+    def _read_range(self, n: int, bits: int, ctx):
+        """The blocks' (lo, scale) fields; absmax stores only the scale (lo = -scale·half)."""
         nb = n_blocks(n, self.block)
         if self.mode == "minmax":
             lo = ctx.read_f32(nb, "q block minima")
@@ -360,13 +358,25 @@ class Q(Stage):
         else:
             scale = ctx.read_f32(nb, "q block scales")
             lo = -scale * np.float32((1 << (bits - 1)) - 1)
+        return nb, lo, scale
+
+    def _check_codes(self, top: int, bits: int, sb: int) -> None:
+        """The largest code a kernel saw must fit the width, and absmax's symmetric grid."""
+        _check_top(top, bits, sb, "q codes")
+        if self.mode == "absmax" and top > 2 * ((1 << (bits - 1)) - 1):
+            raise WireError("q codes out of range")
+
+    def decode_device(self, shape, ctx, rest, device):
+        g = kernels.gpu()
+        if g is None or self.target > 0:
+            return self.decode(shape, ctx, rest)
+        n, bits = numel(shape), self.bits
+        _, lo, scale = self._read_range(n, bits, ctx)
         sb = _store_bits(bits, ctx)
         buf = ctx.read(packed_len(n, sb), "q codes")
         out, top = g.q_decode(buf, n, self.block, sb, _device_f32(lo, device),
                               _device_f32(scale, device))
-        _check_top(top, bits, sb, "q codes")
-        if self.mode == "absmax" and top > 2 * ((1 << (bits - 1)) - 1):
-            raise WireError("q codes out of range")
+        self._check_codes(top, bits, sb)
         return out.reshape(shape)
 
     def decode(self, shape, ctx, rest):
@@ -376,20 +386,12 @@ class Q(Stage):
             bits = ctx.read(1, "q bit width")[0]
             if not (2 if self.mode == "absmax" else 1) <= bits <= self.bits:
                 raise WireError(f"q bit width {bits} outside 1..{self.bits}")
-        nb = n_blocks(n, self.block)
-        if self.mode == "minmax":
-            lo = ctx.read_f32(nb, "q block minima")
-            scale = ctx.read_f32(nb, "q block scales")
-        else:
-            scale = ctx.read_f32(nb, "q block scales")
-            lo = -scale * np.float32((1 << (bits - 1)) - 1)
+        nb, lo, scale = self._read_range(n, bits, ctx)
         k = kernels.cpu()
         if k is not None:
             sb = _store_bits(bits, ctx)
             out, top = k.q_decode(ctx.read(packed_len(n, sb), "q codes"), n, self.block, sb, lo, scale)
-            _check_top(top, bits, sb, "q codes")
-            if self.mode == "absmax" and top > 2 * ((1 << (bits - 1)) - 1):
-                raise WireError("q codes out of range")
+            self._check_codes(top, bits, sb)
             return out.reshape(shape)
         codes = _read_codes(n, bits, ctx, "q codes")
         if self.mode == "absmax" and codes.size and codes.max() > 2 * ((1 << (bits - 1)) - 1):

@@ -368,43 +368,41 @@ def varint_indices_decode(buf, count: int):
 
 
 # ----------------------------------------------------------------------------- casts
-def f16_encode(flat, recon=False):
-    """``np.clip(x, -65504, 65504).astype("<f2")`` as uint16 bits, and (when wanted) those halves
-    as float32: the bits of :class:`fedpress.codecs.cast.FP16` for every input, NaN included."""
+def _cast_encode(kernel, flat, recon):
     x = _f32(flat)
     n = x.size
     out = _out(n, np.uint16)
     rec = _rec(n, recon)
     if n:
-        _split(n, _chunks(n), jit.f16_enc, x, out, rec)
+        _split(n, _chunks(n), kernel, x, out, rec)
     return out, (rec if recon else None)
+
+
+def _cast_decode(kernel, buf, n):
+    b = _u8(buf)
+    out = _out(n)
+    if n:
+        _split(n, _chunks(n), kernel, b, out)
+    return out
+
+
+def f16_encode(flat, recon=False):
+    """``np.clip(x, -65504, 65504).astype("<f2")`` as uint16 bits, and (when wanted) those halves
+    as float32: the bits of :class:`fedpress.codecs.cast.FP16` for every input, NaN included."""
+    return _cast_encode(jit.f16_enc, flat, recon)
 
 
 def f16_decode(buf, n):
     """n little-endian float16 values (2n bytes) as float32, exactly as NumPy's cast."""
-    b = _u8(buf)
-    out = _out(n)
-    if n:
-        _split(n, _chunks(n), jit.f16_dec, b, out)
-    return out
+    return _cast_decode(jit.f16_dec, buf, n)
 
 
 def bf16_encode(flat, recon=False):
     """bfloat16 bits of :func:`fedpress.codecs.cast.to_bf16_bits` (round to nearest even, every NaN
     0x7fc0), and (when wanted) their float32 values."""
-    x = _f32(flat)
-    n = x.size
-    out = _out(n, np.uint16)
-    rec = _rec(n, recon)
-    if n:
-        _split(n, _chunks(n), jit.bf16_enc, x, out, rec)
-    return out, (rec if recon else None)
+    return _cast_encode(jit.bf16_enc, flat, recon)
 
 
 def bf16_decode(buf, n):
     """n little-endian bfloat16 values (2n bytes) as float32."""
-    b = _u8(buf)
-    out = _out(n)
-    if n:
-        _split(n, _chunks(n), jit.bf16_dec, b, out)
-    return out
+    return _cast_decode(jit.bf16_dec, buf, n)

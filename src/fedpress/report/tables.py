@@ -164,10 +164,11 @@ def results_table(runs: Sequence[Run], target: float | None = None) -> list[dict
         base = baseline.get(s.get("scenario"))
         up_f = _finite(up)
         ratio = base / up_f if base is not None and up_f else None
+        pol = _policy(s)
         rows.append(
             {
                 "scenario": s.get("scenario"),
-                "codec": f"policy {_policy(s)}" if _policy(s) else s.get("codec"),
+                "codec": f"policy {pol}" if pol else s.get("codec"),
                 "down_codec": s.get("down_codec"),
                 "metric_name": metric_name,
                 "final_metric": s.get("final_metric"),

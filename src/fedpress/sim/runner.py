@@ -244,14 +244,13 @@ class Simulation:
         if sampling not in ("fixed", "poisson"):
             raise ValueError(f"sampling must be 'fixed' or 'poisson', got {sampling!r}")
         self.sampling = sampling
-        acct_kw = {"sampling": sampling, "population": len(self.clients)}
-        self._acct_kw = acct_kw
+        self._acct_kw = {"sampling": sampling, "population": len(self.clients)}
         if clip is not None and noise is None:
             if target_eps is not None:
                 from fedpress.privacy.dp import noise_for_target
 
                 noise = noise_for_target(target_eps, self.dp_delta, self.sample_rate, self.rounds,
-                                         **acct_kw)
+                                         **self._acct_kw)
             else:
                 noise = 0.0
         self.dp_noise = noise
