@@ -24,3 +24,31 @@ def test_q_huge_values_that_fit_decode_finite(on):
             y = fedpress.decompress(fedpress.compress(np.float32(x), spec))
             assert np.isfinite(y).all(), (x, spec)
             assert np.allclose(y, x, rtol=0.01), (x, spec, y)
+
+
+def _near_limit_block():
+    # -h..h spans 3.4028234e38 < float32 max, yet top·scale rounds past it at 5 and 7 bits only.
+    h = np.float32(1.7014117e38)
+    x = (np.linspace(-1, 1, 256) * h).astype(np.float32)
+    x[0], x[-1] = -h, h
+    return x
+
+
+@pytest.mark.parametrize("target", [0.2, 0.05, 0.02, 0.01])
+def test_q_target_never_picks_a_width_whose_span_overflows(target):
+    x = _near_limit_block()
+    blob = fedpress.compress(x, f"q:bits=8,target={target}")
+    y = fedpress.decompress(blob)
+    assert np.isfinite(y).all()
+    # the error target still holds (computed without overflowing float32)
+    rel = np.linalg.norm(y.astype(np.float64) - x) / np.linalg.norm(x.astype(np.float64))
+    assert rel <= target
+
+
+def test_q_target_search_sees_errors_of_huge_values():
+    # ||x||² overflows float32 here; the search used to accept 1 bit for any target.
+    x = _near_limit_block()
+    one_bit = fedpress.decompress(fedpress.compress(x, "q:bits=1"))
+    y = fedpress.decompress(fedpress.compress(x, "q:bits=8,target=0.01"))
+    err = np.linalg.norm(y.astype(np.float64) - x)
+    assert err < np.linalg.norm(one_bit.astype(np.float64) - x) / 10

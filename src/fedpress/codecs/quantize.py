@@ -197,11 +197,24 @@ def require_span(scale, bits: int, mode: str, ctx) -> None:
     """Raise one clear ValueError when decoding could overflow float32: the decoder computes
     ``code·scale + lo``, and ``top·scale`` (about max − min, or 2·max|x| for absmax) is inf for
     blocks holding values of both signs near ±3.4e38; their codes would decode to NaN or inf."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        ok = np.isfinite(np.asarray(scale, np.float32) * np.float32(_q_top(bits, mode))).all()
-    if not ok:
+    if not _span_ok(scale, bits, mode):
         raise ValueError(f"tensor {ctx.name or '(top level)'!r}: a q block spans more than float32 "
                          "can hold (values near ±3.4e38); scale the values down")
+
+
+def _span_ok(scale, bits: int, mode: str) -> bool:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.asarray(scale, np.float32) * np.float32(_q_top(bits, mode))).all())
+
+
+def _norm(v: np.ndarray) -> float:
+    """L2 norm of a float32 vector that cannot overflow: for values near float32's limit the sum
+    of squares is inf, and every error would then pass ``err <= target·norm`` at 1 bit."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        m = np.float32(np.abs(v).max()) if v.size else np.float32(0)
+    if not np.isfinite(m):
+        return float("inf")
+    return float(np.linalg.norm(v / m)) * float(m) if m > 0 else 0.0
 
 
 def _q_top(bits: int, mode: str) -> int:
@@ -277,22 +290,25 @@ class Q(Stage):
         x2, n = blocks_of(x.ravel(), self.block)
         bits = self.bits
         params = None
-        if self.target > 0:
-            require_finite(_all_finite(x2), ctx)
-            if x2.size:  # top·scale is about the block's span at every width: the widest stands for all
-                require_span(q_params(x2.min(axis=1), x2.max(axis=1), self.bits, self.mode)[1],
-                             self.bits, self.mode, ctx)
-        else:  # min/max are NaN or ±inf exactly when the block holds such a value
-            stats = (x2.min(axis=1), x2.max(axis=1))
-            require_finite(_all_finite(*stats), ctx)
+        # min/max are NaN or ±inf exactly when the block holds such a value
+        stats = (x2.min(axis=1), x2.max(axis=1))
+        require_finite(_all_finite(*stats), ctx)
+        if self.target == 0:
             params = q_params(*stats, bits, self.mode)
             require_span(params[1], bits, self.mode, ctx)
         if self.target > 0 and n:
-            norm = float(np.linalg.norm(x))
+            norm = _norm(x.ravel())
             lo_bits = 2 if self.mode == "absmax" else 1
             for b in range(lo_bits, self.bits + 1):
-                codes, lo, scale = self._encode_bits(x2, b, ctx)
-                err = float(np.linalg.norm((_q_decode(codes, lo, scale) - x2).ravel()[:n]))
+                params = q_params(*stats, b, self.mode)
+                # top·scale equals the span only up to rounding, which differs per width: a block
+                # within an ulp of float32's limit can overflow at one width and not another. Such
+                # a width is skipped (its codes would decode to inf); only the widest one raises.
+                if b < self.bits and not _span_ok(params[1], b, self.mode):
+                    continue
+                require_span(params[1], b, self.mode, ctx)
+                codes, lo, scale = self._encode_bits(x2, b, ctx, params)
+                err = _norm((_q_decode(codes, lo, scale) - x2).ravel()[:n])
                 if err <= self.target * norm or b == self.bits:
                     bits = b
                     break
