@@ -41,3 +41,17 @@ def test_policy_runs_are_labelled_and_their_codec_choices_tabulated():
     page = render_html(rows, runs, images={})
     assert "Codecs chosen per client" in page and "id='usage'" in page
     assert "Codecs chosen per client" not in render_html(rows[:1], runs[:1], images={})
+
+
+def test_policy_runs_given_different_codecs_are_told_apart():
+    # compare --policy P -c none -c q:bits=8: two policy runs, one label each, everywhere.
+    from fedpress.report.plots import run_labels
+
+    pol = "deadline:seconds=3"
+    runs = [{"summary": {"codec": c, "policy": pol, "seed": 0}, "history": []} for c in ("none", "q:bits=8")]
+    want = [f"policy {pol} (codec none)", f"policy {pol} (codec q:bits=8)"]
+    assert [r["codec"] for r in results_table(runs)] == want
+    assert run_labels(runs) == want
+    hist = [{"client_codecs": {"0": "none"}, "client_uplink_bytes": {"0": 10}}]
+    runs = [dict(r, history=hist) for r in runs]
+    assert [u["run"] for u in codec_usage(runs)] == want

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedpress.report.tables import _finite, _policy, higher_is_better
+from fedpress.report.tables import _finite, higher_is_better, run_names
 
 __all__ = [
     "partition_matrix",
@@ -39,7 +39,7 @@ def run_labels(runs: Sequence[Run]) -> list[str]:
     ['none', 'q (seed 0)', 'q (seed 1)']
     """
     sums = [r.get("summary") or {} for r in runs]
-    labels = [f"policy {_policy(s)}" if _policy(s) else str(s.get("codec", "?")) for s in sums]
+    labels = run_names(sums)
     downs = {str(s.get("down_codec")) for s in sums}
     if len(downs) > 1:
         # Only runs that compress the downlink get the suffix: "q ↓none" is noise in a legend.

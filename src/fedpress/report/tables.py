@@ -24,6 +24,7 @@ __all__ = [
     "results_table",
     "rich_table",
     "rounds_to_target",
+    "run_names",
     "to_jsonable",
     "write_csv",
     "write_json",
@@ -150,7 +151,8 @@ def results_table(runs: Sequence[Run], target: float | None = None) -> list[dict
                 baseline.setdefault(s.get("scenario"), up)
 
     rows: list[dict[str, Any]] = []
-    for r in runs:
+    names = run_names([r.get("summary") or {} for r in runs])
+    for r, name in zip(runs, names, strict=True):
         s = r.get("summary") or {}
         hist = list(r.get("history") or [])
         tgt = _finite(target if target is not None else s.get("target"))
@@ -164,11 +166,10 @@ def results_table(runs: Sequence[Run], target: float | None = None) -> list[dict
         base = baseline.get(s.get("scenario"))
         up_f = _finite(up)
         ratio = base / up_f if base is not None and up_f else None
-        pol = _policy(s)
         rows.append(
             {
                 "scenario": s.get("scenario"),
-                "codec": f"policy {pol}" if pol else s.get("codec"),
+                "codec": name if _policy(s) else s.get("codec"),
                 "down_codec": s.get("down_codec"),
                 "metric_name": metric_name,
                 "final_metric": s.get("final_metric"),
@@ -194,6 +195,24 @@ def _policy(summary: Mapping[str, Any]) -> str | None:
     return None if p in (None, "", "fixed") else str(p)
 
 
+def run_names(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What a row or a legend calls each run: its codec, or ``policy SPEC`` for a run whose codecs
+    a policy chose. Policy runs that share a spec but were given different codecs (compare
+    ``--policy P -c A -c B``) also name their codec, which the policy falls back on.
+
+    >>> run_names([{"codec": "q:bits=8"}, {"codec": "none", "policy": "deadline:seconds=5"},
+    ...            {"codec": "q:bits=4", "policy": "deadline:seconds=5"}])
+    ['q:bits=8', 'policy deadline:seconds=5 (codec none)', 'policy deadline:seconds=5 (codec q:bits=4)']
+    """
+    names = [f"policy {_policy(s)}" if _policy(s) else str(s.get("codec", "?")) for s in summaries]
+    codecs: dict[str, set[str]] = {}
+    for name, s in zip(names, summaries, strict=True):
+        if _policy(s):
+            codecs.setdefault(name, set()).add(str(s.get("codec")))
+    return [f"{n} (codec {s.get('codec')})" if len(codecs.get(n, ())) > 1 else n
+            for n, s in zip(names, summaries, strict=True)]
+
+
 def codec_usage(runs: Sequence[Run]) -> list[dict[str, Any]]:
     """For runs with a per-client policy: how many client-rounds each codec was used for and the
     uplink bytes it produced (from each round's ``client_codecs`` and ``client_uplink_bytes``),
@@ -207,10 +226,9 @@ def codec_usage(runs: Sequence[Run]) -> list[dict[str, Any]]:
     [('none', 2, 8000, 0.6667), ('ef+q:bits=8', 1, 1100, 0.3333), ('lossy model download: q:bits=8', 1, None, None)]
     """
     out: list[dict[str, Any]] = []
-    for r in runs:
+    for r, name in zip(runs, run_names([r.get("summary") or {} for r in runs]), strict=True):
         s = r.get("summary") or {}
-        pol = _policy(s)
-        if not pol:
+        if not _policy(s):
             continue
         count: dict[str, int] = {}
         nbytes: dict[str, int] = {}
@@ -225,11 +243,11 @@ def codec_usage(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 syncs[spec] = syncs.get(spec, 0) + 1
         total = sum(count.values())
         for spec in sorted(count, key=lambda k: -count[k]):
-            out.append({"run": f"policy {pol}", "scenario": s.get("scenario"), "codec": spec,
+            out.append({"run": name, "scenario": s.get("scenario"), "codec": spec,
                         "client_rounds": count[spec], "uplink_bytes": nbytes[spec],
                         "share": round(count[spec] / total, 4)})
         for spec in sorted(syncs, key=lambda k: -syncs[k]):
-            out.append({"run": f"policy {pol}", "scenario": s.get("scenario"),
+            out.append({"run": name, "scenario": s.get("scenario"),
                         "codec": f"lossy model download: {spec}", "client_rounds": syncs[spec],
                         "uplink_bytes": None, "share": None})
     return out
