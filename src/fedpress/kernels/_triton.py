@@ -6,9 +6,11 @@ blob (packed codes, per-block scales, top-k's varint-coded indices) and the resu
 as the NumPy reference in :mod:`fedpress.codecs`, which stays the definition (``tests/kernels``).
 
 Where no CUDA device exists the kernels are decorated for Triton's interpreter, which runs each
-program with NumPy: it checks *semantics* (the bytes), not speed. **These kernels have only been
-run in the interpreter so far**; ``benchmarks/gpu_kernels.py`` is the first thing to run on a GPU
-(it checks the bytes against the CPU reference, then times them).
+program with NumPy: it checks *semantics* (the bytes), not speed. They are also compiled ahead of
+time for sm_90 (H100/H200) on the CPU, where ``tests/kernels/test_triton_ptx.py`` checks their PTX
+(the inline division assembles; no FMA, no FTZ, no approximate division). **They have not yet run
+on a GPU**; ``benchmarks/gpu_visit.sh`` is the first thing to run on one (it checks the bytes
+against the CPU reference, then times them).
 
 Bit-identity with the NumPy reference needs these cares, all taken here:
 
