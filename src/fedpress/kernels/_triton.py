@@ -611,8 +611,10 @@ def _collect_kernel(x_ptr, t_ptr, starts_ptr, idx_ptr, val_ptr, n, T: tl.constex
     m = offs < n
     a = tl.abs(tl.load(x_ptr + offs, mask=m, other=0.0))
     keep = m & (a >= tl.load(t_ptr))
-    k = tl.where(keep, 1, 0).to(tl.int64)
-    pos = tl.load(starts_ptr + pid) + tl.associative_scan(k, 0, _SUM) - k  # index order inside the tile
+    # The in-tile scan in int32 (at most T per tile): in int64 with the int64 offsets beside it, this
+    # kernel took all 255 registers of an sm_90 thread and spilled (ptxas -v).
+    k = tl.where(keep, 1, 0)
+    pos = tl.load(starts_ptr + pid) + (tl.associative_scan(k, 0, _SUM) - k).to(tl.int64)  # index order
     tl.store(idx_ptr + pos, offs, mask=keep)
     tl.store(val_ptr + pos, a, mask=keep)
 
