@@ -150,6 +150,8 @@ def _unpack_load(buf_ptr, pid, nbytes, SBITS: tl.constexpr, G: tl.constexpr):
     g = tl.arange(0, G)
     boffs = pid.to(tl.int64) * (G * SBITS) + g[:, None] * SBITS + j[None, :]
     byte = tl.load(buf_ptr + boffs, mask=(j < SBITS)[None, :] & (boffs < nbytes), other=0)
+    if SBITS == 8:  # a byte is a code: skip the 64-bit regrouping (it spilled registers on sm_90)
+        return byte.to(tl.int64)
     acc = tl.reduce(byte.to(tl.int64) << (8 * j)[None, :].to(tl.int64), 1, _SUM)
     return (acc[:, None] >> (j * SBITS)[None, :].to(tl.int64)) & ((1 << SBITS) - 1)
 
