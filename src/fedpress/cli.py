@@ -125,7 +125,8 @@ _SHARED = [
     _opt("workers", int | None, "--workers",
          help="--backend ray: CPUs of the local Ray (on a cluster: tasks in flight)"),
     _opt("aggregate", str | None, "--aggregate",
-         help="auto | mean | sparse_mean (per-coordinate over senders; auto: for top-k/threshold)"),
+         help="auto | mean | sparse_mean (per-coordinate over senders; auto: for top-k/threshold) | median | "
+         "trimmed_mean[:beta=B] (robust to a minority of bad updates) | majority (signSGD majority vote)"),
     _opt("wait_full_deadline", bool | None, "--wait-full-deadline/--close-early",
          help="a round with a dropped straggler lasts the whole deadline (default); --close-early: it ends "
          "at the slowest kept client, as if the server knew who will miss"),

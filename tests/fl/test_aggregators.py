@@ -62,3 +62,27 @@ def test_sparse_mean_averages_each_coordinate_over_its_senders():
     plain.accept({"w": torch.tensor([2.0, 0.0, 0.0, 1.0])}, weight=1.0)
     plain.accept({"w": torch.tensor([4.0, 6.0, 0.0, 0.0])}, weight=3.0)
     assert plain.result()[0]["w"].tolist() == [3.5, 4.5, 0.0, 0.25]
+
+
+def test_robust_rules_match_numpy_and_scipy():
+    from scipy.stats import trim_mean
+
+    from fedpress.fl.aggregators import make_aggregator
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 8):
+        vals = rng.normal(size=(n, 3, 4)).astype(np.float32)
+        for spec, want in [("median", np.median(vals, axis=0)),
+                           ("trimmed_mean:beta=0.2", trim_mean(vals, 0.2, axis=0)),
+                           ("majority", np.sign(np.sign(vals).sum(0)) * np.abs(vals).mean(0))]:
+            p = make_aggregator(spec).create()
+            for v in vals:
+                p.accept({"w": torch.from_numpy(v), "e": torch.zeros(0)}, weight=1.0)
+            out, meas = p.result()
+            assert out["w"].shape == (3, 4) and out["e"].shape == (0,)
+            assert np.allclose(out["w"].numpy(), want, atol=1e-6), (spec, n)
+            assert meas["clients_aggregated"] == n
+    assert make_aggregator("median").create().result()[0] is None  # nobody came
+    for bad in ("krum", "median:beta=0.1", "trimmed_mean:beta=x", "trimmed_mean:beta=0.6"):
+        with pytest.raises(ValueError, match="bad aggregate"):
+            make_aggregator(bad)

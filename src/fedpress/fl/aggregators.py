@@ -160,3 +160,148 @@ class _DecodingProcess:
     def result(self):
         value, meas = self.inner.result()
         return value, {**meas, "decoded_bytes": self.nbytes}
+
+
+# ----------------------------------------------------------------------------- robust rules
+class _StackProcess:
+    """Keeps every accepted update (O(clients × model) memory, unlike the streaming means: an order
+    statistic needs all values of a coordinate) and reduces them coordinate-wise at the end."""
+
+    def __init__(self, reduce, name: str):
+        self.values: dict[str, list[torch.Tensor]] | None = None
+        self.reduce = reduce
+        self.name = name
+        self.total = 0.0
+
+    def accept(self, value: dict[str, torch.Tensor], weight: float = 1.0, client: int | None = None) -> None:
+        if weight <= 0:
+            return
+        if self.values is None:
+            self.values = {k: [] for k in value}
+            self.shapes = {k: v.shape for k, v in value.items()}
+        elif value.keys() != self.values.keys():
+            raise ValueError("update keys differ from the first update of the round")
+        for k, v in value.items():
+            self.values[k].append(v.detach().to(torch.float32).reshape(-1))
+        self.total += weight
+
+    def result(self):
+        n = 0 if self.values is None else len(next(iter(self.values.values()), []))
+        meas = {"clients_aggregated": n, "weight_total": self.total, "aggregate": self.name}
+        if not n:
+            return None, meas
+        out = {}
+        for k, vs in self.values.items():
+            stacked = torch.stack(vs) if vs[0].numel() else torch.zeros((len(vs), 0))
+            out[k] = self.reduce(stacked.to(torch.float64)).to(torch.float32).reshape(self.shapes[k])
+        return out, meas
+
+
+def _trimmed(stacked: torch.Tensor, cut: int) -> torch.Tensor:
+    s = torch.sort(stacked, dim=0).values
+    return s[cut : s.shape[0] - cut].mean(dim=0)
+
+
+class MedianFactory:
+    """Coordinate-wise median of the client updates (Yin et al., 2018): a minority of arbitrary
+    (faulty or malicious) updates cannot move a coordinate beyond the honest clients' values.
+    Unweighted; an even count averages the two middle values.
+
+    >>> import torch
+    >>> p = MedianFactory().create()
+    >>> for v in ([1.0, 0.0], [2.0, 1.0], [1e9, -1e9]):
+    ...     p.accept({"w": torch.tensor(v)})
+    >>> p.result()[0]["w"].tolist()
+    [2.0, 0.0]
+    """
+
+    def create(self) -> _StackProcess:
+        def median(s):
+            n = s.shape[0]
+            return _trimmed(s, (n - 1) // 2)  # the middle one (odd n) or the middle two (even n)
+
+        return _StackProcess(median, "median")
+
+
+class TrimmedMeanFactory:
+    """Coordinate-wise β-trimmed mean: per coordinate, drop the ⌊β·n⌋ largest and smallest client
+    values and average the rest (Yin et al., 2018). Unweighted; β = 0 is the plain mean.
+
+    >>> import torch
+    >>> p = TrimmedMeanFactory(beta=0.25).create()
+    >>> for v in (1.0, 2.0, 3.0, 1e9):
+    ...     p.accept({"w": torch.tensor([v])})
+    >>> p.result()[0]["w"].tolist()
+    [2.5]
+    """
+
+    def __init__(self, beta: float = 0.1):
+        if not 0 <= beta < 0.5:
+            raise ValueError(f"trimmed_mean beta must be in [0, 0.5), got {beta}")
+        self.beta = float(beta)
+
+    def create(self) -> _StackProcess:
+        return _StackProcess(lambda s: _trimmed(s, int(self.beta * s.shape[0])), f"trimmed_mean:beta={self.beta:g}")
+
+
+class MajorityVoteFactory:
+    """signSGD with majority vote (Bernstein et al., 2019), for sign-compressed uplinks: each
+    coordinate moves in the direction most clients' updates point (weighted vote; a tie is 0), by
+    the clients' weighted mean magnitude of that coordinate. Streaming, like the means.
+
+    >>> import torch
+    >>> p = MajorityVoteFactory().create()
+    >>> for v in ([0.5, -0.5, 0.1], [0.5, 0.5, -0.1], [0.5, -0.5, 0.0]):
+    ...     p.accept({"w": torch.tensor(v)})
+    >>> [round(x, 4) for x in p.result()[0]["w"].tolist()]
+    [0.5, -0.5, 0.0]
+    """
+
+    def create(self) -> _MajorityProcess:
+        return _MajorityProcess()
+
+
+class _MajorityProcess(_MeanProcess):
+    def __init__(self):
+        super().__init__()
+        self.mags: dict[str, torch.Tensor] = {}
+
+    def _fold(self, k: str, v: torch.Tensor, weight: float) -> None:
+        if k not in self.mags:
+            self.mags[k] = torch.zeros(v.shape, dtype=torch.float64)
+        self.sums[k].add_(torch.sign(v), alpha=weight)
+        self.mags[k].add_(v.abs(), alpha=weight)
+
+    def _finish(self, k: str, s: torch.Tensor) -> torch.Tensor:
+        return torch.sign(s) * self.mags[k] / self.total
+
+
+#: Names accepted by :func:`make_aggregator` (and ``--aggregate``), "auto" aside.
+AGGREGATES = ("mean", "sparse_mean", "median", "trimmed_mean[:beta=B]", "majority")
+
+
+def make_aggregator(spec: str) -> Factory:
+    """The aggregation rule named by ``spec``: ``mean``, ``sparse_mean``, ``median``,
+    ``trimmed_mean[:beta=B]`` (default β = 0.1) or ``majority``; anything else is one ValueError.
+
+    >>> type(make_aggregator("trimmed_mean:beta=0.2")).__name__, make_aggregator("trimmed_mean:beta=0.2").beta
+    ('TrimmedMeanFactory', 0.2)
+    """
+    name, _, args = str(spec).strip().partition(":")
+    kw: dict[str, float] = {}
+    for item in filter(None, (a.strip() for a in args.split(","))):
+        k, eq, v = item.partition("=")
+        if name != "trimmed_mean" or k.strip() != "beta" or not eq:
+            raise ValueError(f"bad aggregate {spec!r}: unexpected {item!r} (only trimmed_mean takes beta=B)")
+        try:
+            kw["beta"] = float(v)
+        except ValueError:
+            raise ValueError(f"bad aggregate {spec!r}: beta must be a number, got {v!r}") from None
+    makers = {"mean": MeanFactory, "sparse_mean": SparseMeanFactory, "median": MedianFactory,
+              "trimmed_mean": TrimmedMeanFactory, "majority": MajorityVoteFactory}
+    if name not in makers:
+        raise ValueError(f"bad aggregate {spec!r}: expected one of auto, {', '.join(AGGREGATES)}")
+    try:
+        return makers[name](**kw)
+    except ValueError as e:
+        raise ValueError(f"bad aggregate {spec!r}: {e}") from None

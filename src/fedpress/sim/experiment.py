@@ -66,7 +66,7 @@ class RunConfig:
     backend: str = "local"  # local | ray
     ray_address: str | None = None  # backend ray: join this cluster ("auto", "ray://host:10001")
     workers: int | None = None  # backend ray: local Ray's CPUs (on a cluster: max tasks in flight)
-    aggregate: str = "auto"  # auto | mean | sparse_mean (coordinate-wise over contributors)
+    aggregate: str = "auto"  # auto | mean | sparse_mean | median | trimmed_mean[:beta=B] | majority
     wait_full_deadline: bool = True  # a round with a dropped straggler lasts the whole deadline
     sampling: str | None = None  # fixed | poisson (default: poisson under DP, else fixed)
 
@@ -94,8 +94,13 @@ class RunConfig:
             raise ConfigError(f"sampling must be 'fixed' or 'poisson', got {self.sampling!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.aggregate not in ("auto", "mean", "sparse_mean"):
-            raise ConfigError(f"aggregate must be 'auto', 'mean' or 'sparse_mean', got {self.aggregate!r}")
+        if self.aggregate != "auto":
+            from fedpress.fl.aggregators import make_aggregator
+
+            try:
+                make_aggregator(self.aggregate)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if self.backend not in ("local", "ray"):
             raise ConfigError(f"backend must be 'local' or 'ray', got {self.backend!r}")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):

@@ -40,7 +40,7 @@ import torch
 
 from fedpress.codecs import Codec, compress
 from fedpress.codecs.combine import cached_codec
-from fedpress.fl.aggregators import DecodingFactory, MeanFactory, SparseMeanFactory
+from fedpress.fl.aggregators import DecodingFactory, make_aggregator
 from fedpress.fl.client import TrainConfig, evaluate_loss, predict_proba
 from fedpress.fl.pruning import PruneSchedule, magnitude_masks, sparsity_of
 from fedpress.fl.strategies import make_strategy
@@ -209,9 +209,9 @@ class Simulation:
             raise ValueError(f"unknown backend {backend!r} (local or ray)")
         self.backend = backend
         self.backend_options = backend_options or {}
-        if aggregate not in ("auto", "mean", "sparse_mean"):
-            raise ValueError(f"aggregate must be 'auto', 'mean' or 'sparse_mean', got {aggregate!r}")
-        if aggregate == "auto":
+        if aggregate != "auto":
+            make_aggregator(aggregate)  # one clear ValueError for a bad name, before any work
+        else:
             # Biased sparsifiers (top-k, threshold) send few coordinates per client: average each
             # coordinate over its senders. Everything else, and anything private, is a plain mean.
             specs = [self.codec.spec, *(getattr(self.policy, "ladder", ()) if self.policy else ())]
@@ -256,7 +256,9 @@ class Simulation:
         self.dp_noise = noise
         self.target_epsilon = target_eps
         if self.aggregate != "mean" and (clip is not None or secagg):
-            raise ValueError("aggregate='sparse_mean' works neither with DP nor with secure aggregation")
+            # DP's noise is calibrated to a mean of clipped updates, and secure aggregation reveals
+            # only the sum: no other rule is defined on top of either.
+            raise ValueError(f"aggregate={self.aggregate!r} works neither with DP nor with secure aggregation")
         self.secagg = bool(secagg)
         self.secagg_threshold, self.secagg_neighbors = threshold, neighbors
         self._sa_codec = None
@@ -571,8 +573,7 @@ class Simulation:
         else:
             structure = Structure.of({k: G[k] for k in float_keys})
             specs = sorted({r[7] for r in results})
-            inner = st["dp"] if st["dp"] is not None else (
-                SparseMeanFactory() if self.aggregate == "sparse_mean" else MeanFactory())
+            inner = st["dp"] if st["dp"] is not None else make_aggregator(self.aggregate)
             proc = DecodingFactory(inner, structures=[structure], masks=masks_np, specs=specs).create()
             for c, blob, w, *_ in results:
                 if c in kept:

@@ -1,0 +1,72 @@
+"""Robust aggregation rules in the simulator: a minority of clients with wild updates."""
+
+import pytest
+import torch
+
+from fedpress.sim.experiment import ConfigError, RunConfig
+from fedpress.sim.network import Link
+from fedpress.sim.runner import Simulation
+
+ALWAYS_ON = [Link(up_mbps=20, down_mbps=50, latency_s=0.02)] * 8  # every sampled client takes part
+
+
+def _acc(probs, y):
+    return float((probs.argmax(1) == y).mean())
+
+
+def _data(n_clients=8, n=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(3, 10, generator=g) * 2
+
+    def make(m):
+        y = torch.randint(0, 3, (m,), generator=g)
+        return centers[y] + torch.randn(m, 10, generator=g), y
+
+    return [make(n) for _ in range(n_clients)], make(300)
+
+
+def _model():
+    return torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+
+
+def _poisoned(n_bad=2):
+    clients, test = _data()
+    g = torch.Generator().manual_seed(5)
+    for i in range(n_bad):  # wild features and random labels: enormous, meaningless updates
+        x, y = clients[i]
+        clients[i] = (x * 1000, torch.randint(0, 3, y.shape, generator=g))
+    return clients, test
+
+
+def _run(aggregate, codec="none", **kw):
+    clients, test = _poisoned()
+    args = {"rounds": 6, "per_round": 8, "lr": 0.1, "metric": _acc, "network": ALWAYS_ON, "codec": codec}
+    return Simulation(_model, clients, test, aggregate=aggregate, **{**args, **kw}).run()
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmed_mean:beta=0.25"])
+def test_robust_rules_learn_where_the_mean_is_wrecked(rule):
+    mean = _run("mean").history[-1]["metric"]
+    robust = _run(rule)
+    assert robust.history[-1]["metric"] > 0.8
+    assert robust.history[-1]["metric"] > mean + 0.2
+    assert robust.summary["aggregate"] == rule
+
+
+def test_majority_vote_with_sign_uplinks_learns():
+    clients, test = _data()
+    res = Simulation(_model, clients, test, rounds=8, per_round=8, lr=0.1, metric=_acc, codec="ef+sign",
+                     aggregate="majority").run()
+    assert res.history[-1]["metric"] > 0.8
+
+
+def test_bad_aggregate_names_are_one_clear_error():
+    clients, test = _data()
+    with pytest.raises(ValueError, match="bad aggregate 'medain'"):
+        Simulation(_model, clients, test, aggregate="medain")
+    with pytest.raises(ValueError, match=r"beta must be in \[0, 0.5\)"):
+        Simulation(_model, clients, test, aggregate="trimmed_mean:beta=0.5")
+    with pytest.raises(ValueError, match="works neither with DP"):
+        Simulation(_model, clients, test, aggregate="median", dp_clip=1.0)
+    with pytest.raises(ConfigError, match="bad aggregate"):
+        RunConfig(aggregate="krum").check()
