@@ -48,6 +48,7 @@ DEFAULT_CODECS: tuple[str, ...] = (
     "q:bits=4,stochastic=1",
     "qsgd:levels=16",
     "qsgd:levels=16+zstd",
+    "qsgd:levels=16+ans",
     "sign",
     "ternary",
     "topk:ratio=0.01",
@@ -58,7 +59,9 @@ DEFAULT_CODECS: tuple[str, ...] = (
     "svd:rank=4",
     "powersgd:rank=4",
     "ef+topk:ratio=0.01+q:bits=4+zstd",
+    "ef+topk:ratio=0.01+q:bits=4+ans",
     "q:bits=8+zstd",
+    "q:bits=8+ans",
 )
 
 # A small CNN's layers (conv: out, in, kh, kw; linear: out, in), widened by a common factor so the

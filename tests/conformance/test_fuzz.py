@@ -51,6 +51,8 @@ SPECS = [
     "svd:rank=2,min_size=0", "svd:rank=3,min_size=0+q:bits=6+zstd",
     "powersgd:rank=2,min_size=0+q:bits=8", "powersgd:rank=1,min_size=0+bf16",
     "ef+topk:ratio=0.05+q:bits=4+zstd", "topk:ratio=0.5+randk:ratio=0.5+ternary",
+    "q:bits=3,block=16+ans", "qsgd:levels=16+ans", "ternary:block=5+ans", "none+ans",
+    "ef+topk:ratio=0.05+q:bits=4+ans",
 ]
 
 
@@ -154,8 +156,11 @@ def mutate(rng: np.random.Generator, corpus, i: int):
                 a, b = (int(v) for v in rng.integers(len(fields), size=2))
                 fields[a], fields[b] = fields[b], fields[a]
         zl = 3 if rng.random() < 0.4 else None
+        # ans specs get their damaged fields ans-coded again (when not zstd-packed): the field
+        # decoders then see lies from behind a well-formed ans body.
         new, _ = write_blob(p.spec, p.seed, p.structure, fields, by_fingerprint="structures" in kw,
-                            zstd_level=zl, mask_digest=p.mask_digest, spec_ref="specs" in kw)
+                            zstd_level=zl, ans=zl is None and p.spec.endswith("+ans"),
+                            mask_digest=p.mask_digest, spec_ref="specs" in kw)
         return new, kw, kind
     elif kind == 10:  # another blob's spec (and maybe structure) over these fields
         _, _, q = corpus[int(rng.integers(len(corpus)))]

@@ -74,6 +74,7 @@ CASES: dict[str, list[Case]] = {
     "powersgd": [Case("powersgd:rank=2,min_size=0", "seeded"), Case("powersgd:rank=4", "seeded")],
     "ef": [Case("ef+topk:ratio=0.1"), Case("ef+sign:block=16")],
     "zstd": [Case("q:bits=4+zstd"), Case("qsgd:levels=4+zstd:level=19", "stochastic", True)],
+    "ans": [Case("q:bits=3+ans"), Case("qsgd:levels=16+ans", "stochastic", True), Case("none+ans", unbiased=True)],
 }
 
 #: Pipelines of several lossy stages; the bound is on the relative L2 error of each tensor
@@ -91,6 +92,7 @@ PIPELINES: dict[str, tuple[Case, float | None]] = {
         Case("topk:ratio=0.5+randk:ratio=0.5+ternary", "stochastic"), None),
     "ef+powersgd:rank=2,min_size=0+sign+zstd": (
         Case("ef+powersgd:rank=2,min_size=0+sign+zstd", "seeded"), None),
+    "ef+topk:ratio=0.01+q:bits=4+ans": (Case("ef+topk:ratio=0.01+q:bits=4+ans"), 1.05),
 }
 
 ALL_CASES: list[Case] = [c for cs in CASES.values() for c in cs] + [c for c, _ in PIPELINES.values()]
@@ -479,10 +481,11 @@ _arrays = hnp.arrays(np.float32, hnp.array_shapes(min_dims=0, max_dims=3, min_si
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=_spec_strategy(), x=_arrays, zstd=st.booleans(), ef=st.booleans(), seed=st.integers(0, 2**64 - 1))
-def test_roundtrip_property(spec, x, zstd, ef, seed):
+@given(spec=_spec_strategy(), x=_arrays, lossless=st.sampled_from(["", "+zstd", "+ans"]), ef=st.booleans(),
+       seed=st.integers(0, 2**64 - 1))
+def test_roundtrip_property(spec, x, lossless, ef, seed):
     # ef's first round (no residual yet) must be exactly the inner codec
-    case = Case(("ef+" if ef and spec != "none" else "") + spec + ("+zstd" if zstd else ""))
+    case = Case(("ef+" if ef and spec != "none" else "") + spec + lossless)
     enc = fedpress.codec(case.spec).encode_ex(x, seed=seed)
     y = fedpress.decompress(enc.blob)
     assert isinstance(y, np.ndarray) and y.shape == x.shape and y.dtype == np.float32
@@ -536,8 +539,8 @@ def test_law2_reported_bytes_are_blob_length(case):
     assert blob == fedpress.compress(sd, case.spec, seed=4)
     assert 0 < enc.header_bytes < len(blob)
     p = read_blob(blob)
-    zstd_on = blob[3] & 2
-    if not zstd_on:
+    entropy_coded = blob[3] & (2 | 32)  # zstd or ans: the fields travel coded
+    if not entropy_coded:
         assert len(blob) - enc.header_bytes == sum(len(f) for f in p.fields)
     # recon is exactly what the decoder produces
     assert_equal_values(enc.recon, fedpress.decompress(blob))

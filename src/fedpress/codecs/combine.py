@@ -117,7 +117,11 @@ class Codec:
         self.stages = stages
         self.spec = canonical(stages)
         self.error_feedback = stages[0].name == "ef"
-        self.zstd_level = stages[-1].level if stages[-1].name == "zstd" else None
+        # The lossless stage (zstd or ans), if any: it works on the finished fields, and its
+        # presence tells the quantisers to store odd-width codes one per byte (whole symbols).
+        self.lossless = stages[-1].name if stages[-1].role == "lossless" else None
+        self.zstd_level = stages[-1].level if self.lossless == "zstd" else None
+        self.entropy_follows = self.lossless is not None
         self.lossy = [s for s in stages if s.role in ("transform", "terminal")]
         self.raw = not self.lossy or [s.name for s in self.lossy] == ["none"]
         # Deterministic pipelines store seed 0: same bytes whatever seed the caller passes, and a
@@ -190,7 +194,7 @@ class Codec:
                     raise ValueError(not_finite_message(ts.name))
                 ctx = Ctx(seed=seed, tensor_index=ti, name=ts.name, fields=fields,
                           state_in=state_in, state_out=state_out,
-                          entropy_follows=self.zstd_level is not None, recon=recon)
+                          entropy_follows=self.entropy_follows, recon=recon)
                 r = _encode_chain(self.lossy, 0, x, ctx)
                 outs.append(from_numpy(_host(r), ts) if recon else None)
                 continue
@@ -222,7 +226,7 @@ class Codec:
                 e = state_in.get(residual_key(ts.name))
                 x = x + e if e is not None and e.shape == x.shape else x.copy()
             ctx = Ctx(seed=seed, tensor_index=ti, name=ts.name, fields=fields, state_in=state_in,
-                      state_out=state_out, entropy_follows=self.zstd_level is not None, recon=recon)
+                      state_out=state_out, entropy_follows=self.entropy_follows, recon=recon)
             if m is None:
                 r = _encode_chain(self.lossy, 0, x, ctx)
             else:
@@ -245,8 +249,8 @@ class Codec:
             outs.append(rec)
         blob, header = write_blob(
             self.spec, seed, st, fields, by_fingerprint=structure == "fingerprint",
-            zstd_level=self.zstd_level, mask_digest=mask_digest(masks) if masks else None,
-            spec_ref=spec_ref,
+            zstd_level=self.zstd_level, ans=self.lossless == "ans",
+            mask_digest=mask_digest(masks) if masks else None, spec_ref=spec_ref,
         )
         if not recon:
             out = None
@@ -421,7 +425,7 @@ def _decode_tensors(p, c: Codec, mk: dict, lim: Limits, device=None):
             out.append(a if device is None else _to_device(a, device))
             continue
         ctx = Ctx(seed=p.seed, tensor_index=ti, name=ts.name, fields=p.fields, pos=pos,
-                  entropy_follows=c.zstd_level is not None, limits=lim)
+                  entropy_follows=c.entropy_follows, limits=lim)
         m = mk.get(ts.name)
         if m is None and on_device:
             r = _decode_chain(c.lossy, 0, ts.shape, ctx, device)

@@ -50,6 +50,7 @@ _REFUSE = {
     "svd": _LOWRANK,
     "powersgd": _LOWRANK,
     "zstd": "masked vectors are uniformly random and do not compress; drop the entropy stage",
+    "ans": "masked vectors are uniformly random and do not compress; drop the entropy stage",
 }
 
 

@@ -4,7 +4,8 @@ A blob describes itself, so ``decompress`` needs no spec::
 
     magic "FP" | version u8 | flags u8 | spec (varint len + utf-8, or a 4-byte digest) | seed (varint)
     | structure (full, or an 8-byte fingerprint agreed once per run) | [mask digest, 8 bytes]
-    | body: field table (varint count, varint lengths) + field data, optionally zstd-framed
+    | body: field table (varint count, varint lengths) + field data, optionally zstd-framed;
+      or, with the ``ans`` stage, each field entropy-coded on its own (layout in fedpress.wire.ans)
     | crc32 of everything before it (u32, little endian)
 
 The *structure* lists every tensor: name, dtype and shape. On a small model a full structure can cost
@@ -43,7 +44,10 @@ FLAG_ZSTD = 2
 FLAG_DICT = 4
 FLAG_MASKED = 8
 FLAG_SPEC_REF = 16
-_KNOWN_FLAGS = FLAG_FINGERPRINT | FLAG_ZSTD | FLAG_DICT | FLAG_MASKED | FLAG_SPEC_REF
+#: The body is fedpress.wire.ans's per-field rANS layout. Still version 1: a reader that predates it
+#: rejects the unknown flag with a clean WireError, which is the right answer for it.
+FLAG_ANS = 32
+_KNOWN_FLAGS = FLAG_FINGERPRINT | FLAG_ZSTD | FLAG_DICT | FLAG_MASKED | FLAG_SPEC_REF | FLAG_ANS
 
 
 def spec_digest(spec: str) -> bytes:
@@ -310,14 +314,20 @@ def write_blob(
     *,
     by_fingerprint: bool = False,
     zstd_level: int | None = None,
+    ans: bool = False,
     mask_digest: bytes | None = None,
     spec_ref: bool = False,
 ) -> tuple[bytes, int]:
     """Assemble a blob; returns ``(blob, header_bytes)``.
 
     ``header_bytes`` counts everything that is not field data: prefix, field table (when not
-    compressed) and checksum. With zstd the table travels compressed inside the body.
+    compressed) and checksum. With zstd the table travels compressed inside the body. With ``ans``
+    (per-field rANS, :mod:`fedpress.wire.ans`) it counts the ans table (field count, mode nibbles,
+    lengths) and each coded field's model (alphabet, counts, word count) instead: the payload is
+    the raw, packed and constant fields' bytes and the coded fields' words.
     """
+    if ans and zstd_level is not None:
+        raise ValueError("one lossless stage per blob: zstd or ans, not both")
     flags = (FLAG_FINGERPRINT if by_fingerprint else 0) | (FLAG_DICT if structure.is_dict else 0)
     if mask_digest is not None:
         flags |= FLAG_MASKED
@@ -340,6 +350,15 @@ def write_blob(
             flags |= FLAG_ZSTD
             table_in_header = 0
         parts = [body]
+    elif ans:
+        from fedpress.wire import ans as _ans
+
+        coded, coded_header = _ans.encode_body(fields)
+        # Like zstd: never let the stage grow the blob (the plain body wins ties).
+        if sum(memoryview(p).nbytes for p in coded) < sum(memoryview(p).nbytes for p in parts):
+            parts = coded
+            flags |= FLAG_ANS
+            table_in_header = coded_header
     head = bytearray(MAGIC)
     head.append(WIRE_VERSION)
     head.append(flags)
@@ -430,6 +449,13 @@ def read_blob(
         structure = Structure.read(r, is_dict, limits)
     mdig = bytes(r.take(8, "mask digest")) if flags & FLAG_MASKED else None
     body = r.take(r.remaining(), "body")
+    if flags & FLAG_ANS:
+        if flags & FLAG_ZSTD:
+            raise WireError("blob flags both zstd and ans bodies")
+        from fedpress.wire import ans as _ans
+
+        fields = _ans.decode_body(body, limits)
+        return Parsed(spec, seed, structure, fields, bool(flags & FLAG_FINGERPRINT), mdig)
     if flags & FLAG_ZSTD:
         import zstandard
 
