@@ -221,3 +221,18 @@ def test_to_from_numpy():
     assert isinstance(h, np.ndarray) and h.dtype == np.float16
     with pytest.raises(TypeError, match="unsupported dtype"):
         Structure.of(torch.zeros(2, dtype=torch.complex64))
+
+
+@pytest.mark.parametrize("coder", [{"zstd_level": 19}, {"ans": True}])
+def test_a_tiny_coded_body_cannot_claim_gigabytes(coder):
+    # 3 values, and a body of 8 MiB zeros that zstd/ans shrink to a few hundred bytes: refused
+    # before anything that size is allocated (the cap scales with the structure's values).
+    s = Structure.of({"w": np.zeros(3, np.float32)})
+    blob, _ = write_blob("none", 0, s, [bytes(8 << 20)], **coder)
+    assert len(blob) < 4096 and blob[3] & (2 | 32)
+    with pytest.raises(WireError, match="unacceptable size|exceeds the limit"):
+        read_blob(blob)
+    # the same body over a structure of 1M values is within the cap, and decodes
+    big = Structure.of({"w": np.zeros(1 << 20, np.float32)})
+    blob, _ = write_blob("none", 0, big, [bytes(8 << 20)], **coder)
+    assert len(read_blob(blob).fields[0]) == 8 << 20

@@ -18,6 +18,7 @@ and every failure is a :class:`~fedpress.wire.WireError`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import struct
@@ -47,6 +48,10 @@ FLAG_SPEC_REF = 16
 #: The body is fedpress.wire.ans's per-field rANS layout. Still version 1: a reader that predates it
 #: rejects the unknown flag with a clean WireError, which is the right answer for it.
 FLAG_ANS = 32
+#: Decoded (zstd/ans) bodies may hold at most this many bytes per value of the structure, plus
+#: BODY_SLACK: twice the most any codec writes (see read_blob).
+BODY_BYTES_PER_VALUE = 32
+BODY_SLACK = 1 << 20
 _KNOWN_FLAGS = FLAG_FINGERPRINT | FLAG_ZSTD | FLAG_DICT | FLAG_MASKED | FLAG_SPEC_REF | FLAG_ANS
 
 
@@ -449,12 +454,18 @@ def read_blob(
         structure = Structure.read(r, is_dict, limits)
     mdig = bytes(r.take(8, "mask digest")) if flags & FLAG_MASKED else None
     body = r.take(r.remaining(), "body")
+    # A few bytes of zstd or ans can describe a body of max_body_bytes (2 GiB by default). No codec
+    # writes more than ~14 bytes of fields per value (q with block=1 after top-k: value, index,
+    # lo, scale, code), so a decoded body is capped at BODY_BYTES_PER_VALUE per value of the
+    # structure (plus slack for headers of tiny tensors): a tiny blob cannot make a server allocate
+    # gigabytes for a model of a few values.
+    cap = min(limits.max_body_bytes, BODY_BYTES_PER_VALUE * structure.numel + BODY_SLACK)
     if flags & FLAG_ANS:
         if flags & FLAG_ZSTD:
             raise WireError("blob flags both zstd and ans bodies")
         from fedpress.wire import ans as _ans
 
-        fields = _ans.decode_body(body, limits)
+        fields = _ans.decode_body(body, dataclasses.replace(limits, max_body_bytes=cap))
         return Parsed(spec, seed, structure, fields, bool(flags & FLAG_FINGERPRINT), mdig)
     if flags & FLAG_ZSTD:
         import zstandard
@@ -464,8 +475,9 @@ def read_blob(
         except zstandard.ZstdError as e:
             raise WireError(f"bad zstd frame: {e}") from e
         size = params.content_size
-        if size in (0, zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR) or size > limits.max_body_bytes:
-            raise WireError(f"zstd body declares an unacceptable size {size}")
+        if size in (0, zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR) or size > cap:
+            raise WireError(f"zstd body declares an unacceptable size {size} (at most {cap} for "
+                            f"{structure.numel} values)")
         try:
             # allow_extra_data=False: bytes after the frame would make a malformed blob decode.
             raw = zstandard.ZstdDecompressor().decompress(body, max_output_size=size, allow_extra_data=False)
