@@ -82,7 +82,7 @@ def test_listing_commands():
 # Every flag `run` and `compare` had before their shared options were declared once (captured from
 # the two hand-written parameter lists with click introspection); extending is fine, losing is not.
 SHARED_FLAGS = {
-    "--address", "--aggregate", "--alpha", "--backend", "--batch-size", "--clients", "--close-early",
+    "--address", "--aggregate", "--alpha", "--attack", "--backend", "--batch-size", "--clients", "--close-early",
     "--codec", "--config", "--data-root", "--deadline", "--down-codec", "--dp-adaptive", "--dp-clip",
     "--dp-delta", "--dp-noise", "--dropout", "--jitter", "--json", "--l1", "--l2", "--local-epochs",
     "--lr", "--network", "--no-dp-adaptive", "--no-secagg", "--out", "--partition", "--per-round",

@@ -127,6 +127,9 @@ _SHARED = [
     _opt("aggregate", str | None, "--aggregate",
          help="auto | mean | sparse_mean (per-coordinate over senders; auto: for top-k/threshold) | median | "
          "trimmed_mean[:beta=B] (robust to a minority of bad updates) | majority (signSGD majority vote)"),
+    _opt("attack", str | None, "--attack",
+         help="Byzantine clients: signflip[:scale=S] | scale:factor=K | noise:std=S, each [,fraction=F] "
+         "(default 0.2); pair with --aggregate median|trimmed_mean"),
     _opt("wait_full_deadline", bool | None, "--wait-full-deadline/--close-early",
          help="a round with a dropped straggler lasts the whole deadline (default); --close-early: it ends "
          "at the slowest kept client, as if the server knew who will miss"),

@@ -70,3 +70,19 @@ def test_bad_aggregate_names_are_one_clear_error():
         Simulation(_model, clients, test, aggregate="median", dp_clip=1.0)
     with pytest.raises(ConfigError, match="bad aggregate"):
         RunConfig(aggregate="krum").check()
+
+
+def test_attacked_clients_send_real_blobs_and_the_median_holds():
+    # 2 of 8 clients send -4·Δ as q:bits=8 blobs: the mean is dragged off, the median is not.
+    clients, test = _data()
+    kw = {"rounds": 6, "per_round": 8, "lr": 0.1, "metric": _acc, "network": ALWAYS_ON,
+          "codec": "q:bits=8", "attack": "signflip:scale=4,fraction=0.25"}
+    mean = Simulation(_model, clients, test, aggregate="mean", **kw).run()
+    med = Simulation(_model, clients, test, aggregate="median", **kw).run()
+    assert mean.summary["attack"] == "signflip:scale=4,fraction=0.25" and len(mean.summary["attackers"]) == 2
+    assert med.history[-1]["metric"] > 0.8 and med.history[-1]["metric"] > mean.history[-1]["metric"] + 0.2
+    clean = Simulation(_model, clients, test, aggregate="mean", **{**kw, "attack": None}).run()
+    # attackers' blobs are real: same codec, same count of bytes as honest q:bits=8 updates
+    assert mean.summary["total_uplink_bytes"] == clean.summary["total_uplink_bytes"]
+    with pytest.raises(ConfigError, match="bad attack"):
+        RunConfig(attack="flip").check()

@@ -30,6 +30,9 @@ class ClientJob:
     #: The whole model as the client received it, when that was lossy (a blob it decodes and trains
     #: from; its delta is taken relative to it). None: it holds the broadcast model exactly.
     start: bytes | None = None
+    #: An attack spec (fedpress.fl.attacks) when this client is Byzantine: its update is corrupted
+    #: before encoding, so what the server gets is a real blob of the attacker's making.
+    attack: str | None = None
 
 
 def client_update(model: torch.nn.Module, params: dict, data, cfg: TrainConfig, job: ClientJob, *,
@@ -53,6 +56,10 @@ def client_update(model: torch.nn.Module, params: dict, data, cfg: TrainConfig, 
         from fedpress.privacy.dp import clip_update
 
         update, _ = clip_update(update, clip)
+    if job.attack is not None:  # after the clip: an adversary skips the client's own clipping
+        from fedpress.fl.attacks import make_attack
+
+        update = make_attack(job.attack).apply(update, seed=job.encode_seed)
     if job.spec is None:
         return {"client": job.client, "update": update, "loss": loss, "train_s": t1 - t0, "encode_s": 0.0}
     e = cached_codec(job.spec).encode_ex(update, job.state, seed=job.encode_seed, structure="fingerprint",

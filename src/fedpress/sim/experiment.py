@@ -69,6 +69,7 @@ class RunConfig:
     aggregate: str = "auto"  # auto | mean | sparse_mean | median | trimmed_mean[:beta=B] | majority
     wait_full_deadline: bool = True  # a round with a dropped straggler lasts the whole deadline
     sampling: str | None = None  # fixed | poisson (default: poisson under DP, else fixed)
+    attack: str | None = None  # signflip|scale|noise[:...,fraction=F]: Byzantine clients (robustness)
 
     def check(self) -> RunConfig:
         """Validate values that can be checked before loading anything (one clear error each)."""
@@ -94,6 +95,13 @@ class RunConfig:
             raise ConfigError(f"sampling must be 'fixed' or 'poisson', got {self.sampling!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.attack:
+            from fedpress.fl.attacks import make_attack
+
+            try:
+                make_attack(self.attack)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if self.aggregate != "auto":
             from fedpress.fl.aggregators import make_aggregator
 
@@ -229,7 +237,7 @@ def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress
         backend_options=({"address": cfg.ray_address, "num_cpus": cfg.workers}
                          if cfg.backend == "ray" else None),
         aggregate=cfg.aggregate, wait_full_deadline=cfg.wait_full_deadline, sampling=cfg.sampling,
-        extra_summary={"partition": scheme, "alpha": cfg.alpha or sc.alpha, "synthetic": sc.synthetic},
+        attack=cfg.attack, extra_summary={"partition": scheme, "alpha": cfg.alpha or sc.alpha, "synthetic": sc.synthetic},
     )
     return sim, part_summary
 

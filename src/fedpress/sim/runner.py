@@ -154,6 +154,7 @@ class Simulation:
         aggregate: str = "auto",
         wait_full_deadline: bool = True,
         sampling: str | None = None,
+        attack: str | None = None,
     ):
         if not client_datasets:
             raise ValueError("client_datasets is empty")
@@ -203,6 +204,10 @@ class Simulation:
         from fedpress.policy import make_policy
 
         self.policy = make_policy(policy)
+        from fedpress.fl.attacks import make_attack
+
+        self.attack = make_attack(attack)
+        self.attackers = self.attack.attackers(len(self.clients), self.seed) if self.attack else frozenset()
         self.jitter = float(jitter)
         self.probe_every = max(int(probe_every), 1)
         if backend not in ("local", "ray"):
@@ -515,7 +520,8 @@ class Simulation:
         jobs = [ClientJob(client=c, spec=None if self.secagg else self.codec_for(c, t).spec,
                           state=st["client_states"].get(c), train_seed=derive_seed(self.seed, t, c, 2),
                           encode_seed=derive_seed(self.seed, t, c, 3),
-                          start=sync_blobs[syncs[c]] if c in syncs else None)
+                          start=sync_blobs[syncs[c]] if c in syncs else None,
+                          attack=self.attack.spec if c in self.attackers else None)
                 for c in online]
         outs = self._backend.map(Bsnap, jobs, self.train_cfg, float_keys=float_keys, masks=masks,
                                  masks_np=masks_np, loss_fn=self.loss_fn, clip=self.dp_clip)
@@ -696,6 +702,7 @@ class Simulation:
             "sampling": self.sampling,
             "policy": (getattr(self.policy, "spec", None) or self.policy.name) if self.policy else "fixed",
             "secagg": self.secagg, "dropout": self.dropout, "aggregate": self.aggregate,
+            "attack": self.attack.spec if self.attack else None, "attackers": sorted(self.attackers),
             "timing": {k: round(v, 4) for k, v in st["timing"].items()},
             **self.extra_summary,
         }
