@@ -3,29 +3,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from toy_fl import accuracy, blobs, mlp
 
 import fedpress
 from fedpress.sim.network import Link
 from fedpress.sim.runner import Simulation
 
-
-def _acc(probs, y):
-    return float((probs.argmax(1) == y).mean())
-
-
-def _data(n_clients=8, n=60, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(3, 10, generator=g) * 2
-
-    def make(m):
-        y = torch.randint(0, 3, (m,), generator=g)
-        return centers[y] + torch.randn(m, 10, generator=g), y
-
-    return [make(n) for _ in range(n_clients)], make(300)
-
-
-def _model():
-    return torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+_acc, _data, _model = accuracy, blobs, mlp
 
 
 def _sim(**kw):

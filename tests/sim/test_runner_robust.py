@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from toy_fl import accuracy, blobs, mlp
 
 from fedpress.sim.experiment import ConfigError, RunConfig
 from fedpress.sim.network import Link
@@ -10,23 +11,7 @@ from fedpress.sim.runner import Simulation
 ALWAYS_ON = [Link(up_mbps=20, down_mbps=50, latency_s=0.02)] * 8  # every sampled client takes part
 
 
-def _acc(probs, y):
-    return float((probs.argmax(1) == y).mean())
-
-
-def _data(n_clients=8, n=60, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(3, 10, generator=g) * 2
-
-    def make(m):
-        y = torch.randint(0, 3, (m,), generator=g)
-        return centers[y] + torch.randn(m, 10, generator=g), y
-
-    return [make(n) for _ in range(n_clients)], make(300)
-
-
-def _model():
-    return torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+_acc, _data, _model = accuracy, blobs, mlp
 
 
 def _poisoned(n_bad=2):
