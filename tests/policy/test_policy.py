@@ -241,3 +241,29 @@ def test_deadline_sync_in_simulation_counts_the_lossy_blob_and_resyncs_next_time
     assert all(h["downlink_bytes"] < 4 * full for h in synced)
     exact = Simulation(model, clients, test, policy="deadline:seconds=3,sync=0", **kw).run()
     assert all("client_syncs" not in h for h in exact.history)
+
+
+def test_lossy_copies_are_measured_on_probe_rounds_and_only_the_picked_one_encoded_otherwise(monkeypatch):
+    import fedpress.sim.runner as runner_mod
+
+    g = torch.Generator().manual_seed(3)
+    clients = [(torch.randn(40, 10, generator=g), torch.randint(0, 3, (40,), generator=g)) for _ in range(4)]
+    test = (torch.randn(80, 10, generator=g), torch.randint(0, 3, (80,), generator=g))
+    model = lambda: torch.nn.Sequential(torch.nn.Linear(10, 256), torch.nn.ReLU(), torch.nn.Linear(256, 3))  # noqa: E731
+    fast = Link(up_mbps=20, down_mbps=50, latency_s=0.02)
+    slow = Link(up_mbps=0.05, down_mbps=0.05, latency_s=0.1)
+    calls: list[str] = []
+    real = runner_mod.compress
+
+    def spy(obj, spec, *a, **k):
+        if spec in ("fp16", "q:bits=8"):
+            calls.append(spec)
+        return real(obj, spec, *a, **k)
+
+    monkeypatch.setattr(runner_mod, "compress", spy)
+    res = Simulation(model, clients, test, policy="deadline:seconds=3", rounds=6, per_round=4, probe_every=5,
+                     network=[fast, fast, fast, slow], deadline=3.0, down_codec="ef+q:bits=8").run()
+    synced = [h for h in res.history if h.get("client_syncs")]
+    assert len(synced) >= 4
+    # both copies on probe rounds 1 and 6 (t = 0, 5), one (the picked copy) in each other synced round
+    assert len(calls) == 2 * 2 + (len(synced) - 2)

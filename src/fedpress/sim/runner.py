@@ -301,7 +301,7 @@ class Simulation:
         f = np.random.default_rng([self.seed, rnd, client, 17]).lognormal(0.0, self.jitter, 2)
         return dataclasses.replace(ln, up_mbps=ln.up_mbps * f[0], down_mbps=ln.down_mbps * f[1])
 
-    def _assign(self, st, t, online, downs, float_keys, masks_np, whole, sync_blobs,
+    def _assign(self, st, t, online, downs, float_keys, masks_np, whole, sync_sizes,
                 full_len) -> tuple[dict, dict]:
         from fedpress.policy import ClientView, RoundInfo
 
@@ -323,9 +323,9 @@ class Simulation:
                             up_latency_s=est.latency(c, "up"), down_latency_s=est.latency(c, "down"),
                             compute_s=est.predict_compute(c, float(self.clients[c][0].shape[0]) * self.train_cfg.epochs),
                             down_bytes=downs[c], known=est.known(c, "up"),
-                            sync_bytes=({"none": downs[c], **{sp: downs[c] - full_len + len(b)
-                                                              for sp, b in sync_blobs.items()}}
-                                        if c in whole and sync_blobs else None))
+                            sync_bytes=({"none": downs[c], **{sp: downs[c] - full_len + n
+                                                              for sp, n in sync_sizes.items()}}
+                                        if c in whole and sync_sizes else None))
                  for c in online]
         budget = getattr(self.policy, "total", None)
         info = RoundInfo(round=t, rounds=self.rounds, deadline=self.deadline,
@@ -481,14 +481,24 @@ class Simulation:
 
         # -- the policy picks each client's codec from what the server knows (None: not this round)
         # and, for a client that downloads the whole model, whether it gets it lossily.
+        # The policy weighs each lossy copy by its size, measured from a real blob of the model and
+        # re-measured every probe_every rounds (like the uplink ladder); only the copies it picks are
+        # encoded in the other rounds, and a client is always charged len() of the blob it gets.
         sync_blobs: dict[str, bytes] = {}
-        if self.policy and whole and self.policy.sync_ladder:
-            sync_blobs = {sp: compress(B, sp) for sp in self.policy.sync_ladder if sp != "none"}
-        self._assigned, syncs = (self._assign(st, t, online, downs, float_keys, masks_np, whole, sync_blobs, full_len)
+        sync_specs = [sp for sp in (self.policy.sync_ladder if self.policy else ()) if sp != "none"]
+        if whole and sync_specs:
+            sizes = st.setdefault("sync_bytes", {})
+            if t % self.probe_every == 0 or set(sync_specs) - set(sizes):
+                sync_blobs = {sp: compress(B, sp) for sp in sync_specs}
+                sizes.update({sp: len(b) for sp, b in sync_blobs.items()})
+        self._assigned, syncs = (self._assign(st, t, online, downs, float_keys, masks_np, whole,
+                                              st.get("sync_bytes", {}) if whole else {}, full_len)
                                  if self.policy else ({}, {}))
         skipped = [c for c in online if self.policy and self._assigned.get(c) is None]
         online = [c for c in online if c not in skipped]
-        syncs = {c: sp for c, sp in syncs.items() if c in online and c in whole and sp in sync_blobs}
+        syncs = {c: sp for c, sp in syncs.items() if c in online and c in whole and sp in sync_specs}
+        for sp in set(syncs.values()) - set(sync_blobs):
+            sync_blobs[sp] = compress(B, sp)
         for c in online:  # these clients now download and hold B_t
             st["client_version"][c] = t
             if masks:
