@@ -169,7 +169,7 @@ def results_table(runs: Sequence[Run], target: float | None = None) -> list[dict
         rows.append(
             {
                 "scenario": s.get("scenario"),
-                "codec": name if _policy(s) else s.get("codec"),
+                "codec": name,
                 "down_codec": s.get("down_codec"),
                 "metric_name": metric_name,
                 "final_metric": s.get("final_metric"),
@@ -203,14 +203,24 @@ def run_names(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
     >>> run_names([{"codec": "q:bits=8"}, {"codec": "none", "policy": "deadline:seconds=5"},
     ...            {"codec": "q:bits=4", "policy": "deadline:seconds=5"}])
     ['q:bits=8', 'policy deadline:seconds=5 (codec none)', 'policy deadline:seconds=5 (codec q:bits=4)']
+    >>> run_names([{"codec": "q:bits=8", "aggregate": "mean", "attack": "signflip"},
+    ...            {"codec": "q:bits=8", "aggregate": "median", "attack": "signflip"}])
+    ['q:bits=8', 'q:bits=8 · median']
     """
     names = [f"policy {_policy(s)}" if _policy(s) else str(s.get("codec", "?")) for s in summaries]
     codecs: dict[str, set[str]] = {}
     for name, s in zip(names, summaries, strict=True):
         if _policy(s):
             codecs.setdefault(name, set()).add(str(s.get("codec")))
-    return [f"{n} (codec {s.get('codec')})" if len(codecs.get(n, ())) > 1 else n
-            for n, s in zip(names, summaries, strict=True)]
+    names = [f"{n} (codec {s.get('codec')})" if len(codecs.get(n, ())) > 1 else n
+             for n, s in zip(names, summaries, strict=True)]
+    # Runs that differ in aggregation rule or attack say so (robustness comparisons).
+    for key, fmt, plain in (("aggregate", "{} · {}", ("auto", "mean", "sparse_mean", None)),
+                            ("attack", "{} under {}", (None,))):
+        if len({str(s.get(key)) for s in summaries}) > 1:
+            names = [fmt.format(n, s.get(key)) if s.get(key) not in plain else n
+                     for n, s in zip(names, summaries, strict=True)]
+    return names
 
 
 def codec_usage(runs: Sequence[Run]) -> list[dict[str, Any]]:
