@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--codec", action="append", help="repeatable; default q:bits=8, ef+topk:ratio=0.05+q:bits=8, "
                     "ef+sign")
     ap.add_argument("--aggregate", action="append", help="repeatable; default mean, median, trimmed_mean:beta=0.2 "
-                    "(+ majority for sign codecs)")
+                    "(+ majority for sign codecs); e.g. sparse_median for top-k")
     ap.add_argument("--attack", action="append", help="repeatable; default none, signflip:scale=4, noise:std=1")
     ap.add_argument("--fraction", type=float, default=0.2, help="share of Byzantine clients")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))

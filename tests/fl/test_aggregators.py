@@ -86,3 +86,17 @@ def test_robust_rules_match_numpy_and_scipy():
     for bad in ("krum", "median:beta=0.1", "trimmed_mean:beta=x", "trimmed_mean:beta=0.6"):
         with pytest.raises(ValueError, match="bad aggregate"):
             make_aggregator(bad)
+
+
+def test_sparse_median_is_the_median_of_each_coordinates_senders():
+    from fedpress.fl.aggregators import make_aggregator
+
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 3, 6):
+        vals = rng.normal(size=(n, 50)).astype(np.float32) * (rng.random((n, 50)) < 0.4)
+        p = make_aggregator("sparse_median").create()
+        for v in vals:
+            p.accept({"w": torch.from_numpy(v)})
+        got = p.result()[0]["w"].numpy()
+        want = [np.median(c[c != 0]) if (c != 0).any() else 0.0 for c in vals.T]
+        assert np.allclose(got, want, atol=1e-6), n

@@ -223,6 +223,35 @@ class MedianFactory:
         return _StackProcess(median, "median")
 
 
+def _sender_median(stacked: torch.Tensor) -> torch.Tensor:
+    # Per coordinate, the median of the non-zero values (the clients that sent it); 0 where none did.
+    # Sorting with zeros mapped to +inf puts the k senders first; their middle one (or two) is picked.
+    sent = stacked != 0
+    k = sent.sum(dim=0)
+    s = torch.sort(torch.where(sent, stacked, torch.full_like(stacked, float("inf"))), dim=0).values
+    lo = ((k - 1).clamp(min=0) // 2).unsqueeze(0)
+    hi = (k // 2).clamp(max=max(stacked.shape[0] - 1, 0)).unsqueeze(0)
+    med = (s.gather(0, lo) + s.gather(0, hi)).squeeze(0) / 2
+    return torch.where(k > 0, med, torch.zeros_like(med))
+
+
+class SparseMedianFactory:
+    """Coordinate-wise median over the clients that *sent* each coordinate (non-zero values), the
+    robust counterpart of :class:`SparseMeanFactory` for sparsified uplinks: a plain median of top-k
+    updates is mostly zero, since most clients did not send most coordinates.
+
+    >>> import torch
+    >>> p = SparseMedianFactory().create()
+    >>> for v in ([1.0, 0.0, 0.0], [3.0, 0.0, 2.0], [1e9, 5.0, 0.0]):
+    ...     p.accept({"w": torch.tensor(v)})
+    >>> p.result()[0]["w"].tolist()
+    [3.0, 5.0, 2.0]
+    """
+
+    def create(self) -> _StackProcess:
+        return _StackProcess(_sender_median, "sparse_median")
+
+
 class TrimmedMeanFactory:
     """Coordinate-wise β-trimmed mean: per coordinate, drop the ⌊β·n⌋ largest and smallest client
     values and average the rest (Yin et al., 2018). Unweighted; β = 0 is the plain mean.
@@ -277,7 +306,7 @@ class _MajorityProcess(_MeanProcess):
 
 
 #: Names accepted by :func:`make_aggregator` (and ``--aggregate``), "auto" aside.
-AGGREGATES = ("mean", "sparse_mean", "median", "trimmed_mean[:beta=B]", "majority")
+AGGREGATES = ("mean", "sparse_mean", "median", "sparse_median", "trimmed_mean[:beta=B]", "majority")
 
 
 def make_aggregator(spec: str) -> Factory:
@@ -298,6 +327,7 @@ def make_aggregator(spec: str) -> Factory:
         except ValueError:
             raise ValueError(f"bad aggregate {spec!r}: beta must be a number, got {v!r}") from None
     makers = {"mean": MeanFactory, "sparse_mean": SparseMeanFactory, "median": MedianFactory,
+              "sparse_median": SparseMedianFactory,
               "trimmed_mean": TrimmedMeanFactory, "majority": MajorityVoteFactory}
     if name not in makers:
         raise ValueError(f"bad aggregate {spec!r}: expected one of auto, {', '.join(AGGREGATES)}")
