@@ -193,13 +193,15 @@ class _StackProcess:
         out = {}
         for k, vs in self.values.items():
             stacked = torch.stack(vs) if vs[0].numel() else torch.zeros((len(vs), 0))
-            out[k] = self.reduce(stacked.to(torch.float64)).to(torch.float32).reshape(self.shapes[k])
+            # Sorted in float32 (the decoded values' own precision: the order is exact); only the
+            # values averaged go to float64. A float64 copy of clients × model doubled peak memory.
+            out[k] = self.reduce(stacked).to(torch.float32).reshape(self.shapes[k])
         return out, meas
 
 
 def _trimmed(stacked: torch.Tensor, cut: int) -> torch.Tensor:
     s = torch.sort(stacked, dim=0).values
-    return s[cut : s.shape[0] - cut].mean(dim=0)
+    return s[cut : s.shape[0] - cut].to(torch.float64).mean(dim=0)
 
 
 class MedianFactory:
@@ -231,7 +233,7 @@ def _sender_median(stacked: torch.Tensor) -> torch.Tensor:
     s = torch.sort(torch.where(sent, stacked, torch.full_like(stacked, float("inf"))), dim=0).values
     lo = ((k - 1).clamp(min=0) // 2).unsqueeze(0)
     hi = (k // 2).clamp(max=max(stacked.shape[0] - 1, 0)).unsqueeze(0)
-    med = (s.gather(0, lo) + s.gather(0, hi)).squeeze(0) / 2
+    med = (s.gather(0, lo).double() + s.gather(0, hi).double()).squeeze(0) / 2
     return torch.where(k > 0, med, torch.zeros_like(med))
 
 
