@@ -125,7 +125,7 @@ _SHARED = [
     _opt("workers", int | None, "--workers",
          help="--backend ray: CPUs of the local Ray (on a cluster: tasks in flight)"),
     _opt("aggregate", str | None, "--aggregate",
-         help="auto | mean | sparse_mean (per-coordinate over senders; auto: for top-k/threshold) | median | sparse_median | "
+         help="auto | mean | sparse_mean (per-coordinate over senders; auto: for top-k/threshold) | median | sparse_median | krum[:f=F,m=M] | "
          "trimmed_mean[:beta=B] (robust to a minority of bad updates) | majority (signSGD majority vote)"),
     _opt("attack", str | None, "--attack",
          help="Byzantine clients: signflip[:scale=S] | scale:factor=K | noise:std=S, each [,fraction=F] "

@@ -83,7 +83,8 @@ def test_robust_rules_match_numpy_and_scipy():
             assert np.allclose(out["w"].numpy(), want, atol=1e-6), (spec, n)
             assert meas["clients_aggregated"] == n
     assert make_aggregator("median").create().result()[0] is None  # nobody came
-    for bad in ("krum", "median:beta=0.1", "trimmed_mean:beta=x", "trimmed_mean:beta=0.6"):
+    for bad in ("bulyan", "median:beta=0.1", "trimmed_mean:beta=x", "trimmed_mean:beta=0.6", "krum:f=1.5",
+                "krum:m=0", "krum:beta=1"):
         with pytest.raises(ValueError, match="bad aggregate"):
             make_aggregator(bad)
 
@@ -100,3 +101,22 @@ def test_sparse_median_is_the_median_of_each_coordinates_senders():
         got = p.result()[0]["w"].numpy()
         want = [np.median(c[c != 0]) if (c != 0).any() else 0.0 for c in vals.T]
         assert np.allclose(got, want, atol=1e-6), n
+
+
+def test_krum_picks_the_update_closest_to_its_neighbours():
+    from fedpress.fl.aggregators import make_aggregator
+
+    rng = np.random.default_rng(2)
+    honest = rng.normal(size=(6, 20)).astype(np.float32) * 0.1 + 1.0
+    bad = np.full((2, 20), -30.0, np.float32)
+    p = make_aggregator("krum:f=2").create()
+    for v in np.concatenate([bad[:1], honest, bad[1:]]):
+        p.accept({"w": torch.from_numpy(v.reshape(4, 5))})
+    out, meas = p.result()
+    assert out["w"].shape == (4, 5) and meas["krum_selected"] == 1
+    assert any(np.array_equal(out["w"].numpy().ravel(), h) for h in honest)  # one honest update, as is
+    p = make_aggregator("krum:f=2,m=4").create()
+    for v in np.concatenate([bad, honest]):
+        p.accept({"w": torch.from_numpy(v)})
+    out, meas = p.result()
+    assert meas["krum_selected"] == 4 and abs(float(out["w"].mean()) - 1.0) < 0.1

@@ -29,7 +29,7 @@ def _run(aggregate, codec="none", **kw):
     return Simulation(_model, clients, test, aggregate=aggregate, **{**args, **kw}).run()
 
 
-@pytest.mark.parametrize("rule", ["median", "trimmed_mean:beta=0.25"])
+@pytest.mark.parametrize("rule", ["median", "trimmed_mean:beta=0.25", "krum:f=2", "krum:f=2,m=4"])
 def test_robust_rules_learn_where_the_mean_is_wrecked(rule):
     mean = _run("mean").history[-1]["metric"]
     robust = _run(rule)
@@ -54,7 +54,7 @@ def test_bad_aggregate_names_are_one_clear_error():
     with pytest.raises(ValueError, match="works neither with DP"):
         Simulation(_model, clients, test, aggregate="median", dp_clip=1.0)
     with pytest.raises(ConfigError, match="bad aggregate"):
-        RunConfig(aggregate="krum").check()
+        RunConfig(aggregate="bulyan").check()
 
 
 def test_attacked_clients_send_real_blobs_and_the_median_holds():

@@ -275,6 +275,57 @@ class TrimmedMeanFactory:
         return _StackProcess(lambda s: _trimmed(s, int(self.beta * s.shape[0])), f"trimmed_mean:beta={self.beta:g}")
 
 
+class KrumFactory:
+    """(Multi-)Krum (Blanchard et al., 2017): score each update by the sum of squared distances to
+    its n − f − 2 nearest others and average the ``m`` best-scored updates (m = 1: Krum picks one).
+    ``f`` is the number of Byzantine clients tolerated (default: ⌊(n − 3) / 2⌋, at most what Krum's
+    n > 2f + 2 allows). Unweighted; needs every update of the round (O(n² · model) work).
+
+    >>> import torch
+    >>> p = KrumFactory(f=1).create()
+    >>> for v in (1.0, 1.1, 0.9, 1.05, 50.0):
+    ...     p.accept({"w": torch.tensor([v])})
+    >>> p.result()[0]["w"].tolist()
+    [1.0499999523162842]
+    """
+
+    def __init__(self, f: float | None = None, m: float = 1):
+        if f is not None and (f < 0 or f != int(f)):
+            raise ValueError(f"krum f must be a whole number >= 0, got {f:g}")
+        if m < 1 or m != int(m):
+            raise ValueError(f"krum m must be a whole number >= 1, got {m:g}")
+        self.f = None if f is None else int(f)
+        self.m = int(m)
+
+    def create(self) -> _KrumProcess:
+        return _KrumProcess(self.f, self.m)
+
+
+class _KrumProcess(_StackProcess):
+    def __init__(self, f, m):
+        super().__init__(None, "krum" + (f":f={f}" if f is not None else "") + (f",m={m}" if m > 1 else ""))
+        self.f, self.m = f, m
+
+    def result(self):
+        n = 0 if self.values is None else len(next(iter(self.values.values()), []))
+        meas = {"clients_aggregated": n, "weight_total": self.total, "aggregate": self.name}
+        if not n:
+            return None, meas
+        # Pairwise squared distances over the whole update (all tensors), in float64.
+        flat = [torch.cat([self.values[k][i].double() for k in self.values]) for i in range(n)]
+        x = torch.stack(flat) if flat[0].numel() else torch.zeros((n, 0), dtype=torch.float64)
+        d2 = torch.cdist(x, x).pow(2)
+        f = self.f if self.f is not None else max((n - 3) // 2, 0)
+        near = max(n - f - 2, 1)
+        scores = torch.sort(d2, dim=1).values[:, 1 : near + 1].sum(dim=1) if n > 1 else torch.zeros(1)
+        chosen = torch.argsort(scores, stable=True)[: min(self.m, n)]
+        meas["krum_selected"] = int(len(chosen))
+        out = {}
+        for k, vs in self.values.items():
+            out[k] = torch.stack([vs[int(i)] for i in chosen]).double().mean(0).float().reshape(self.shapes[k])
+        return out, meas
+
+
 class MajorityVoteFactory:
     """signSGD with majority vote (Bernstein et al., 2019), for sign-compressed uplinks: each
     coordinate moves in the direction most clients' updates point (weighted vote; a tie is 0), by
@@ -308,28 +359,33 @@ class _MajorityProcess(_MeanProcess):
 
 
 #: Names accepted by :func:`make_aggregator` (and ``--aggregate``), "auto" aside.
-AGGREGATES = ("mean", "sparse_mean", "median", "sparse_median", "trimmed_mean[:beta=B]", "majority")
+AGGREGATES = ("mean", "sparse_mean", "median", "sparse_median", "trimmed_mean[:beta=B]", "krum[:f=F,m=M]",
+              "majority")
 
 
 def make_aggregator(spec: str) -> Factory:
-    """The aggregation rule named by ``spec``: ``mean``, ``sparse_mean``, ``median``,
-    ``trimmed_mean[:beta=B]`` (default β = 0.1) or ``majority``; anything else is one ValueError.
+    """The aggregation rule named by ``spec``: ``mean``, ``sparse_mean``, ``median``, ``sparse_median``,
+    ``trimmed_mean[:beta=B]`` (default β = 0.1), ``krum[:f=F,m=M]`` or ``majority``; anything else is
+    one ValueError.
 
     >>> type(make_aggregator("trimmed_mean:beta=0.2")).__name__, make_aggregator("trimmed_mean:beta=0.2").beta
     ('TrimmedMeanFactory', 0.2)
     """
     name, _, args = str(spec).strip().partition(":")
+    takes = {"trimmed_mean": ("beta",), "krum": ("f", "m")}.get(name, ())
     kw: dict[str, float] = {}
     for item in filter(None, (a.strip() for a in args.split(","))):
         k, eq, v = item.partition("=")
-        if name != "trimmed_mean" or k.strip() != "beta" or not eq:
-            raise ValueError(f"bad aggregate {spec!r}: unexpected {item!r} (only trimmed_mean takes beta=B)")
+        k = k.strip()
+        if k not in takes or not eq:
+            raise ValueError(f"bad aggregate {spec!r}: unexpected {item!r} (trimmed_mean takes beta=B, "
+                             "krum f=F,m=M)")
         try:
-            kw["beta"] = float(v)
+            kw[k] = float(v)
         except ValueError:
-            raise ValueError(f"bad aggregate {spec!r}: beta must be a number, got {v!r}") from None
+            raise ValueError(f"bad aggregate {spec!r}: {k} must be a number, got {v!r}") from None
     makers = {"mean": MeanFactory, "sparse_mean": SparseMeanFactory, "median": MedianFactory,
-              "sparse_median": SparseMedianFactory,
+              "sparse_median": SparseMedianFactory, "krum": KrumFactory,
               "trimmed_mean": TrimmedMeanFactory, "majority": MajorityVoteFactory}
     if name not in makers:
         raise ValueError(f"bad aggregate {spec!r}: expected one of auto, {', '.join(AGGREGATES)}")

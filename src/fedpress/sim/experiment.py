@@ -66,7 +66,7 @@ class RunConfig:
     backend: str = "local"  # local | ray
     ray_address: str | None = None  # backend ray: join this cluster ("auto", "ray://host:10001")
     workers: int | None = None  # backend ray: local Ray's CPUs (on a cluster: max tasks in flight)
-    aggregate: str = "auto"  # auto | mean | sparse_mean | median | sparse_median | trimmed_mean[:beta=B] | majority
+    aggregate: str = "auto"  # auto | mean | sparse_mean | median | sparse_median | trimmed_mean[:beta=B] | krum | majority
     wait_full_deadline: bool = True  # a round with a dropped straggler lasts the whole deadline
     sampling: str | None = None  # fixed | poisson (default: poisson under DP, else fixed)
     attack: str | None = None  # signflip|scale|noise[:...,fraction=F]: Byzantine clients (robustness)
