@@ -14,7 +14,7 @@ import pytest
 import fedpress
 from fedpress import kernels
 from fedpress.codecs._reduce import block_shape, block_sums
-from fedpress.codecs.quantize import qsgd_norm_cap, qsgd_norms
+from fedpress.codecs.levels import qsgd_norm_cap, qsgd_norms
 from fedpress.wire.format import read_blob
 
 F32_MAX = np.finfo(np.float32).max
