@@ -38,7 +38,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--codec", action="append", help="repeatable; default q:bits=8, ef+topk:ratio=0.05+q:bits=8, "
                     "ef+sign")
-    ap.add_argument("--aggregate", action="append", help="repeatable; default mean, median, trimmed_mean:beta=0.2 "
+    ap.add_argument("--aggregate", action="append",
+                    help="repeatable; default mean, median, trimmed_mean:beta=0.2, norm_clip "
                     "(+ majority for sign codecs); e.g. sparse_median for top-k")
     ap.add_argument("--attack", action="append", help="repeatable; default none, signflip:scale=4, noise:std=1")
     ap.add_argument("--fraction", type=float, default=0.2, help="share of Byzantine clients")
@@ -46,7 +47,7 @@ def main() -> None:
     ap.add_argument("--json", help="write every run here")
     a = ap.parse_args()
     codecs = a.codec or ["q:bits=8", "ef+topk:ratio=0.05+q:bits=8", "ef+sign"]
-    aggs = a.aggregate or ["mean", "median", "trimmed_mean:beta=0.2"]
+    aggs = a.aggregate or ["mean", "median", "trimmed_mean:beta=0.2", "norm_clip"]
     attacks = a.attack or ["none", "signflip:scale=4", "noise:std=1"]
     base = RunConfig(scenario=a.scenario, rounds=a.rounds)
     jobs = []

@@ -125,8 +125,9 @@ _SHARED = [
     _opt("workers", int | None, "--workers",
          help="--backend ray: CPUs of the local Ray (on a cluster: tasks in flight)"),
     _opt("aggregate", str | None, "--aggregate",
-         help="auto | mean | sparse_mean (per-coordinate over senders; auto: for top-k/threshold) | median | sparse_median | krum[:f=F,m=M] | "
-         "trimmed_mean[:beta=B] (robust to a minority of bad updates) | majority (signSGD majority vote)"),
+         help="auto | mean | sparse_mean (per-coordinate over senders; auto: for top-k/threshold); "
+         "robust to a minority of bad updates: median | sparse_median | trimmed_mean[:beta=B] | "
+         "krum[:f=F,m=M] | norm_clip[:factor=F]; majority (signSGD majority vote)"),
     _opt("attack", str | None, "--attack",
          help="Byzantine clients: signflip[:scale=S] | scale:factor=K | noise:std=S, each [,fraction=F] "
          "(default 0.2); pair with --aggregate median|trimmed_mean"),

@@ -120,3 +120,23 @@ def test_krum_picks_the_update_closest_to_its_neighbours():
         p.accept({"w": torch.from_numpy(v)})
     out, meas = p.result()
     assert meas["krum_selected"] == 4 and abs(float(out["w"].mean()) - 1.0) < 0.1
+
+
+def test_norm_clip_bounds_each_update_by_the_median_norm_and_keeps_sparsity():
+    from fedpress.fl.aggregators import make_aggregator
+
+    ups = [np.array([3.0, 0, 0, 4.0]), np.array([0, 1.0, 0, 0]), np.array([0, 0, 2.0, 0]),
+           np.array([-300.0, 0, 0, 400.0])]  # norms 5, 1, 2, 500: median (lower middle) 2
+    p = make_aggregator("norm_clip").create()
+    for u, w in zip(ups, (1.0, 1.0, 2.0, 1.0), strict=True):
+        p.accept({"w": torch.tensor(u, dtype=torch.float32).reshape(2, 2)}, weight=w)
+    out, meas = p.result()
+    want = (np.array(ups[0]) * 2 / 5 + ups[1] + 2 * ups[2] + np.array(ups[3]) * 2 / 500) / 5
+    assert np.allclose(out["w"].numpy().ravel(), want, atol=1e-6)
+    assert meas["clients_clipped"] == 2 and out["w"].shape == (2, 2)
+    q = make_aggregator("norm_clip:factor=1e9").create()  # nothing clipped: the weighted mean
+    for u in ups[:3]:
+        q.accept({"w": torch.tensor(u, dtype=torch.float32)})
+    assert np.allclose(q.result()[0]["w"].numpy(), np.mean(ups[:3], axis=0))
+    with pytest.raises(ValueError, match="factor must be > 0"):
+        make_aggregator("norm_clip:factor=0")

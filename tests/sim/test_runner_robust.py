@@ -29,7 +29,7 @@ def _run(aggregate, codec="none", **kw):
     return Simulation(_model, clients, test, aggregate=aggregate, **{**args, **kw}).run()
 
 
-@pytest.mark.parametrize("rule", ["median", "trimmed_mean:beta=0.25", "krum:f=2", "krum:f=2,m=4"])
+@pytest.mark.parametrize("rule", ["median", "trimmed_mean:beta=0.25", "krum:f=2", "krum:f=2,m=4", "norm_clip"])
 def test_robust_rules_learn_where_the_mean_is_wrecked(rule):
     mean = _run("mean").history[-1]["metric"]
     robust = _run(rule)
@@ -71,3 +71,13 @@ def test_attacked_clients_send_real_blobs_and_the_median_holds():
     assert mean.summary["total_uplink_bytes"] == clean.summary["total_uplink_bytes"]
     with pytest.raises(ConfigError, match="bad attack"):
         RunConfig(attack="flip").check()
+
+
+def test_norm_clip_defends_sparsified_uplinks():
+    # top-k updates: coordinate-wise rules see mostly zeros; bounding norms keeps sparsity.
+    clients, test = _data()
+    kw = {"rounds": 8, "per_round": 8, "lr": 0.1, "metric": _acc, "network": ALWAYS_ON,
+          "codec": "ef+topk:ratio=0.1+q:bits=8", "attack": "signflip:scale=4,fraction=0.25"}
+    res = {rule: Simulation(_model, clients, test, aggregate=rule, **kw).run().history[-1]["metric"]
+           for rule in ("sparse_mean", "norm_clip")}
+    assert res["norm_clip"] > 0.8 and res["norm_clip"] > res["sparse_mean"] + 0.2, res

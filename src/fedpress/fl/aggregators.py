@@ -326,6 +326,59 @@ class _KrumProcess(_StackProcess):
         return out, meas
 
 
+class NormClipFactory:
+    """Mean of the updates after clipping each one's L2 norm (over all its tensors) to ``factor`` ×
+    the median norm of the round's updates: a boosted or flipped-and-scaled update counts no more
+    than a typical one (norm bounding, Sun et al., 2019). Unlike the coordinate-wise rules it leaves
+    sparse updates sparse, so it combines with top-k. Weighted like the mean.
+
+    >>> import torch
+    >>> p = NormClipFactory().create()
+    >>> for v in ([2.0, 0.0], [0.0, 1.0], [-8.0, 0.0]):   # norms 2, 1, 8: the median is 2
+    ...     p.accept({"w": torch.tensor(v)})
+    >>> [round(x, 4) for x in p.result()[0]["w"].tolist()]     # (2 + 0 - 2) / 3, (0 + 1 + 0) / 3
+    [0.0, 0.3333]
+    """
+
+    def __init__(self, factor: float = 1.0):
+        if not factor > 0:
+            raise ValueError(f"norm_clip factor must be > 0, got {factor:g}")
+        self.factor = float(factor)
+
+    def create(self) -> _StackProcess:
+        return _NormClipProcess(self.factor)
+
+
+class _NormClipProcess(_StackProcess):
+    def __init__(self, factor: float):
+        super().__init__(None, f"norm_clip:factor={factor:g}")
+        self.factor = factor
+        self.weights: list[float] = []
+
+    def accept(self, value, weight: float = 1.0, client: int | None = None) -> None:
+        if weight > 0:
+            self.weights.append(float(weight))
+        super().accept(value, weight, client)
+
+    def result(self):
+        n = len(self.weights)
+        meas = {"clients_aggregated": n, "weight_total": self.total, "aggregate": self.name}
+        if not n:
+            return None, meas
+        norms = torch.stack([torch.sqrt(sum((self.values[k][i].double() ** 2).sum() for k in self.values))
+                             for i in range(n)]) if self.values else torch.zeros(n, dtype=torch.float64)
+        bound = self.factor * float(torch.median(norms))  # the lower middle for an even count
+        scale = [min(1.0, bound / float(v)) if float(v) > 0 else 1.0 for v in norms]
+        meas["clients_clipped"] = sum(s < 1.0 for s in scale)
+        out = {}
+        for k, vs in self.values.items():
+            acc = torch.zeros(vs[0].shape, dtype=torch.float64)
+            for v, w, c in zip(vs, self.weights, scale, strict=True):
+                acc.add_(v.double(), alpha=w * c)
+            out[k] = (acc / self.total).float().reshape(self.shapes[k])
+        return out, meas
+
+
 class MajorityVoteFactory:
     """signSGD with majority vote (Bernstein et al., 2019), for sign-compressed uplinks: each
     coordinate moves in the direction most clients' updates point (weighted vote; a tie is 0), by
@@ -360,7 +413,7 @@ class _MajorityProcess(_MeanProcess):
 
 #: Names accepted by :func:`make_aggregator` (and ``--aggregate``), "auto" aside.
 AGGREGATES = ("mean", "sparse_mean", "median", "sparse_median", "trimmed_mean[:beta=B]", "krum[:f=F,m=M]",
-              "majority")
+              "norm_clip[:factor=F]", "majority")
 
 
 def make_aggregator(spec: str) -> Factory:
@@ -372,7 +425,7 @@ def make_aggregator(spec: str) -> Factory:
     ('TrimmedMeanFactory', 0.2)
     """
     name, _, args = str(spec).strip().partition(":")
-    takes = {"trimmed_mean": ("beta",), "krum": ("f", "m")}.get(name, ())
+    takes = {"trimmed_mean": ("beta",), "krum": ("f", "m"), "norm_clip": ("factor",)}.get(name, ())
     kw: dict[str, float] = {}
     for item in filter(None, (a.strip() for a in args.split(","))):
         k, eq, v = item.partition("=")
@@ -385,7 +438,7 @@ def make_aggregator(spec: str) -> Factory:
         except ValueError:
             raise ValueError(f"bad aggregate {spec!r}: {k} must be a number, got {v!r}") from None
     makers = {"mean": MeanFactory, "sparse_mean": SparseMeanFactory, "median": MedianFactory,
-              "sparse_median": SparseMedianFactory, "krum": KrumFactory,
+              "sparse_median": SparseMedianFactory, "krum": KrumFactory, "norm_clip": NormClipFactory,
               "trimmed_mean": TrimmedMeanFactory, "majority": MajorityVoteFactory}
     if name not in makers:
         raise ValueError(f"bad aggregate {spec!r}: expected one of auto, {', '.join(AGGREGATES)}")

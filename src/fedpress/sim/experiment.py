@@ -66,7 +66,9 @@ class RunConfig:
     backend: str = "local"  # local | ray
     ray_address: str | None = None  # backend ray: join this cluster ("auto", "ray://host:10001")
     workers: int | None = None  # backend ray: local Ray's CPUs (on a cluster: max tasks in flight)
-    aggregate: str = "auto"  # auto | mean | sparse_mean | median | sparse_median | trimmed_mean[:beta=B] | krum | majority
+    # auto | mean | sparse_mean | median | sparse_median | trimmed_mean[:beta=B] | krum[:f=F,m=M]
+    # | norm_clip[:factor=F] | majority (fedpress.fl.aggregators.make_aggregator)
+    aggregate: str = "auto"
     wait_full_deadline: bool = True  # a round with a dropped straggler lasts the whole deadline
     sampling: str | None = None  # fixed | poisson (default: poisson under DP, else fixed)
     attack: str | None = None  # signflip|scale|noise[:...,fraction=F]: Byzantine clients (robustness)
@@ -237,7 +239,8 @@ def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress
         backend_options=({"address": cfg.ray_address, "num_cpus": cfg.workers}
                          if cfg.backend == "ray" else None),
         aggregate=cfg.aggregate, wait_full_deadline=cfg.wait_full_deadline, sampling=cfg.sampling,
-        attack=cfg.attack, extra_summary={"partition": scheme, "alpha": cfg.alpha or sc.alpha, "synthetic": sc.synthetic},
+        attack=cfg.attack,
+        extra_summary={"partition": scheme, "alpha": cfg.alpha or sc.alpha, "synthetic": sc.synthetic},
     )
     return sim, part_summary
 
