@@ -21,12 +21,16 @@ One round, as the server sees it:
 
 All randomness derives from (seed, round, client), never from a running generator, so the same seed
 gives an identical ``metrics.jsonl`` and a resumed run equals an uninterrupted one.
+
+:meth:`Simulation._round` is these steps in order; their pieces live in :mod:`~fedpress.sim.downlink`
+(pruning masks, broadcast, download sizes), :mod:`~fedpress.sim.round_steps` (sampling, the
+policy's view, the clock, the metrics row), :mod:`~fedpress.sim.privacy_round` (DP, secure
+aggregation) and :mod:`~fedpress.sim.results` (checkpoint, summary, result files).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 import warnings
@@ -42,17 +46,18 @@ from fedpress.codecs import Codec, compress
 from fedpress.codecs.combine import cached_codec
 from fedpress.fl.aggregators import DecodingFactory, make_aggregator
 from fedpress.fl.client import TrainConfig, evaluate_loss, predict_proba
-from fedpress.fl.pruning import PruneSchedule, magnitude_masks, sparsity_of
+from fedpress.fl.pruning import PruneSchedule, sparsity_of
 from fedpress.fl.strategies import make_strategy
 from fedpress.policy.estimator import LinkEstimator
+from fedpress.sim import downlink
 from fedpress.sim import network as netmod
+from fedpress.sim import round_steps as steps
 from fedpress.sim.backends import ClientJob, make_backend
+from fedpress.sim.privacy_round import SecureRound, next_shared_range, privacy_state, settle_privacy
+from fedpress.sim.results import load_checkpoint, save_checkpoint, summarize, write_results
 from fedpress.wire import Structure
 
 log = logging.getLogger("fedpress")
-
-CHECKPOINT = "checkpoint.pt"
-
 
 def derive_seed(*words: int) -> int:
     """A 63-bit seed from integers (SeedSequence mixing: no correlations between neighbours)."""
@@ -229,64 +234,19 @@ class Simulation:
         # kept client is done, as if the server knew in advance who will miss (a lower bound).
         self.wait_full_deadline = bool(wait_full_deadline)
         self._sampling_arg = sampling
-        self._init_privacy(dp_clip, dp_noise, dp_delta, dp_adaptive, target_epsilon, secagg,
-                           secagg_threshold, secagg_neighbors, dropout)
+        pv = settle_privacy(clients=len(self.clients), per_round=self.per_round, rounds=rounds,
+                            codec_spec=self.codec.spec, policy=self.policy, aggregate=aggregate,
+                            sampling=sampling, clip=dp_clip, noise=dp_noise, delta=dp_delta,
+                            adaptive=dp_adaptive, target_eps=target_epsilon, secagg=secagg,
+                            threshold=secagg_threshold, neighbors=secagg_neighbors, dropout=dropout)
+        self.dropout, self.sampling, self.sample_rate = pv.dropout, pv.sampling, pv.sample_rate
+        self.dp_clip, self.dp_noise, self.dp_delta = pv.dp_clip, pv.dp_noise, pv.dp_delta
+        self.dp_adaptive, self.target_epsilon, self._acct_kw = pv.dp_adaptive, pv.target_epsilon, pv.acct_kw
+        self.secagg, self._sa_codec = pv.secagg, pv.sa_codec  # _sa_codec: the shared-range codec
+        self.secagg_threshold, self.secagg_neighbors = pv.secagg_threshold, pv.secagg_neighbors
         self._assigned: dict[int, str] = {}
 
     # ------------------------------------------------------------------ helpers
-    def _init_privacy(self, clip, noise, delta, adaptive, target_eps, secagg, threshold, neighbors, dropout):
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.dropout = float(dropout)
-        if (noise is not None or target_eps is not None) and clip is None:
-            raise ValueError("differential privacy needs dp_clip (the L2 clip C)")
-        self.dp_clip, self.dp_delta, self.dp_adaptive = clip, float(delta), bool(adaptive)
-        self.sample_rate = self.per_round / len(self.clients)
-        # Under DP the default is Poisson sampling (each client joins with probability
-        # per_round/clients), the assumption of DP-FedAvg's accountant; "fixed" draws exactly
-        # per_round clients and is accounted as sampling without replacement (replace-one).
-        sampling = self._sampling_arg or ("poisson" if clip is not None else "fixed")
-        if sampling not in ("fixed", "poisson"):
-            raise ValueError(f"sampling must be 'fixed' or 'poisson', got {sampling!r}")
-        self.sampling = sampling
-        self._acct_kw = {"sampling": sampling, "population": len(self.clients)}
-        if clip is not None and noise is None:
-            if target_eps is not None:
-                from fedpress.privacy.dp import noise_for_target
-
-                noise = noise_for_target(target_eps, self.dp_delta, self.sample_rate, self.rounds,
-                                         **self._acct_kw)
-            else:
-                noise = 0.0
-        self.dp_noise = noise
-        self.target_epsilon = target_eps
-        if self.aggregate != "mean" and (clip is not None or secagg):
-            # DP's noise is calibrated to a mean of clipped updates, and secure aggregation reveals
-            # only the sum: no other rule is defined on top of either.
-            raise ValueError(f"aggregate={self.aggregate!r} works neither with DP nor with secure aggregation")
-        self.secagg = bool(secagg)
-        self.secagg_threshold, self.secagg_neighbors = threshold, neighbors
-        self._sa_codec = None
-        if self.secagg:
-            from fedpress.privacy.codes import SharedRangeCodec
-
-            self._sa_codec = SharedRangeCodec(self.codec.spec)  # refuses incompatible codecs
-            if self.policy is not None:
-                raise ValueError("secure aggregation needs one shared codec: no per-client policy")
-
-    def _privacy_state(self) -> dict:
-        if self.dp_clip is None:
-            return {"dp": None, "accountant": None}
-        from fedpress.privacy.dp import Accountant, DPFactory
-
-        acc = Accountant(self.dp_noise, self.sample_rate, self.dp_delta, **self._acct_kw)
-        if self.secagg:
-            return {"dp": None, "accountant": acc}
-        dp = DPFactory(None, clip=self.dp_clip,
-                       noise_multiplier=self.dp_noise, seed=derive_seed(self.seed, 55) & 0x7FFFFFFF,
-                       expected_clients=self.per_round, adaptive=self.dp_adaptive, accountant=acc)
-        return {"dp": dp, "accountant": acc}
-
     def codec_for(self, client: int, rnd: int) -> Codec:
         """The uplink codec of ``client`` in round ``rnd``: the fixed codec, or the policy's pick."""
         spec = self._assigned.get(client)
@@ -303,53 +263,41 @@ class Simulation:
 
     def _assign(self, st, t, online, downs, float_keys, masks_np, whole, sync_sizes,
                 full_len) -> tuple[dict, dict]:
-        from fedpress.policy import ClientView, RoundInfo
+        """The policy's codec (and lossy sync) for each online client, from what the server knows."""
+        from fedpress.policy import RoundInfo
 
         ladder = tuple(self.policy.ladder)
         if t % self.probe_every == 0 or set(ladder) - set(st["ladder_bytes"]):
-            # Real blobs of a probe update (the last aggregated delta; before any, a small random
-            # one) tell the policy what each rung costs on this model — measured, not computed.
+            # Measured on the last aggregated delta; before any, on a small random update.
             probe = st.get("last_delta")
             if probe is None:
                 g = torch.Generator().manual_seed(derive_seed(self.seed, 99) & 0x7FFFFFFF)
                 probe = {k: torch.randn(st["G"][k].shape, generator=g) * 1e-2 for k in float_keys}
-            st["ladder_bytes"] = {
-                spec: len(cached_codec(spec).encode_ex(probe, None, seed=1, structure="fingerprint",
-                                                masks=masks_np, spec_ref=True).blob)
-                for spec in ladder
-            }
-        est = st["estimator"]
-        views = [ClientView(client=c, up_mbps=est.mbps(c, "up"), down_mbps=est.mbps(c, "down"),
-                            up_latency_s=est.latency(c, "up"), down_latency_s=est.latency(c, "down"),
-                            compute_s=est.predict_compute(c, float(self.clients[c][0].shape[0]) * self.train_cfg.epochs),
-                            down_bytes=downs[c], known=est.known(c, "up"),
-                            sync_bytes=({"none": downs[c], **{sp: downs[c] - full_len + n
-                                                              for sp, n in sync_sizes.items()}}
-                                        if c in whole and sync_sizes else None))
-                 for c in online]
+            st["ladder_bytes"] = steps.ladder_bytes(ladder, probe, masks_np)
+        work = {c: float(self.clients[c][0].shape[0]) * self.train_cfg.epochs for c in online}
+        views = steps.client_views(st["estimator"], online, downs, work, whole=whole, sync_sizes=sync_sizes,
+                                   full_len=full_len)
         budget = getattr(self.policy, "total", None)
         info = RoundInfo(round=t, rounds=self.rounds, deadline=self.deadline,
                          budget_left=None if budget is None else budget - st["cum_up"],
                          ladder_bytes=st["ladder_bytes"], history=st["history"])
         return self.policy.assign_sync(info, views)
 
-    def _evaluate(self, model, params) -> tuple[float, float]:
-        x, y = self.test
-        probs = predict_proba(model, params, x).numpy()
-        m = float(self.metric(probs, y.numpy()))
-        return m, evaluate_loss(model, params, x, y, self.loss_fn)
-
     def _fresh_state(self) -> dict:
         torch.manual_seed(self.seed)
         model = self.model_fn()
         params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        privacy = privacy_state(clip=self.dp_clip, noise=self.dp_noise, sample_rate=self.sample_rate,
+                                delta=self.dp_delta, acct_kw=self._acct_kw, secagg=self.secagg,
+                                adaptive=self.dp_adaptive, expected_clients=self.per_round,
+                                seed=derive_seed(self.seed, 55) & 0x7FFFFFFF)
         return {
             "round": 0, "G": params, "B": {k: v.clone() for k, v in params.items()},
             "strategy": self.strategy.init(params), "down_state": {}, "client_states": {},
             "client_version": {}, "bcast": [], "masks": None, "mask_version": -1,
             "client_mask_version": {}, "history": [], "sim_seconds": 0.0, "cum_up": 0, "cum_down": 0,
             "estimator": LinkEstimator(), "ladder_bytes": {}, "last_delta": None,
-            **self._privacy_state(), "secagg_overhead": 0,
+            **privacy, "secagg_overhead": 0,
             # q with a shared scale under SecAgg: the range for round 0 (the clip when clipping, so
             # nothing is clamped); afterwards 4x the largest coordinate of the last aggregate.
             "secagg_range": float(self.dp_clip) if self.dp_clip else 1.0,
@@ -359,10 +307,7 @@ class Simulation:
     def _save(self, st: dict) -> None:
         if self.out_dir is None:
             raise ValueError("checkpointing needs out_dir")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.out_dir / (CHECKPOINT + ".tmp")
-        torch.save({**st, "estimator": st["estimator"].state_dict()}, tmp)
-        tmp.replace(self.out_dir / CHECKPOINT)
+        save_checkpoint(st, self.out_dir)
 
     # ------------------------------------------------------------------ the run
     def run(self, resume: str | Path | None = None) -> SimResult:
@@ -377,17 +322,7 @@ class Simulation:
             torch.set_num_threads(old_threads)
 
     def _run(self, resume, wall0: float) -> SimResult:
-        if resume is not None:
-            path = Path(resume)
-            path = path / CHECKPOINT if path.is_dir() else path
-            if not path.exists():
-                raise FileNotFoundError(f"no checkpoint at {path}")
-            st = torch.load(path, weights_only=False)
-            est = LinkEstimator()
-            est.load_state_dict(st["estimator"])
-            st["estimator"] = est
-        else:
-            st = self._fresh_state()
+        st = load_checkpoint(resume) if resume is not None else self._fresh_state()
         model = (torch.manual_seed(self.seed), self.model_fn())[1]
         self._backend = make_backend(self.backend, self.model_fn, self.clients, **self.backend_options)
         try:
@@ -412,78 +347,58 @@ class Simulation:
                 self._save(st)
         return self._finish(st, time.perf_counter() - wall0)
 
+    # ------------------------------------------------------------------ one round
+    # A round is the sequence of steps below, in this order. Each step names the run state it reads
+    # and returns what later steps need; everything that outlives the round is in ``st``, which is
+    # what a checkpoint saves, so a resumed run equals an uninterrupted one.
     def _round(self, st: dict, model, float_keys: list[str]) -> dict:
         t = st["round"]
-        tm = st["timing"]
-        G, B = st["G"], st["B"]
-        n_clients = len(self.clients)
+        # Before anyone trains: prune on schedule, then broadcast (B moves by what was sent of G − B).
+        masks, masks_np, mask_len = downlink.apply_pruning(self.prune, st, t)
+        full_len = downlink.broadcast(self.down_codec, st, t, float_keys, masks_np,
+                                      seed=derive_seed(self.seed, t, 1 << 20))
+        # Who takes part, and what each must download to hold B.
+        sampled, online = steps.sample_clients(self.links, sampling=self.sampling, sample_rate=self.sample_rate,
+                                               per_round=self.per_round, seed=self.seed, rnd=t)
+        downs, whole = downlink.download_sizes(st, online, t, full_len=full_len,
+                                               lossy_downlink=self.down_codec is not None, mask_len=mask_len)
+        # The policy's codecs and lossy syncs; under secure aggregation, the key setup (one client
+        # alone would expose its update: then nobody trains).
+        plan = self._plan(st, t, online, downs, whole, float_keys, masks, masks_np, full_len)
+        secure = self._open_secagg(st, t, plan.online, float_keys)
+        online = [] if self.secagg and secure is None else plan.online
+        # Local training and uploads; the clock drops stragglers; the kept uploads step G.
+        results, failed = self._train(st, t, online, plan, secure, float_keys, masks, masks_np)
+        timing, kept, vanished = self._collect(st, t, results)
+        update_norm, priv, (extra_up, extra_down) = self._server_step(st, t, results, kept, secure, float_keys,
+                                                                      masks, masks_np)
+        # The metrics row.
+        metric, loss, per_client = self._evaluate(st, model)
+        up = sum(r.up for r in results) + extra_up
+        down = sum(r.down for r in results) + extra_down
+        st["cum_up"] += up
+        st["cum_down"] += down
+        st["sim_seconds"] += timing.seconds
+        row = steps.metrics_row(
+            rnd=t, metric=metric, loss=loss, update_norm=update_norm, results=results, up=up, down=down,
+            totals=st, timing=timing, sampled=len(sampled), online=len(online), kept=len(kept), failed=failed,
+            vanished=len(vanished), skipped=len(plan.skipped), syncs=plan.syncs,
+            per_client_codecs=bool(self.policy), extra={**per_client, **priv})
+        if masks is not None or self.train_cfg.l1 > 0:
+            row["sparsity"] = sparsity_of(st["G"])
+        return row
 
-        # -- pruning: the server prunes G; masks travel to clients on their next download
-        if self.prune is not None:
-            target = self.prune.target_at(t)
-            if target is not None:
-                old = st["masks"]
-                if self.prune.tau is not None:
-                    masks = magnitude_masks(G, tau=self.prune.tau, scope=self.prune.scope, old=old)
-                else:
-                    masks = magnitude_masks(G, sparsity=target, scope=self.prune.scope, old=old)
-                st["masks"] = masks
-                st["mask_version"] = t
-                for k, m in masks.items():
-                    G[k] = G[k] * m
-                    B[k] = B[k] * m
-        masks = st["masks"]
-        masks_np = {k: m.numpy() for k, m in masks.items()} if masks else None
-        if masks and st.get("mask_blob", (None, 0))[0] != st["mask_version"]:
-            # The masks travel once per change (zstd-packed booleans); measure that blob once.
-            st["mask_blob"] = (st["mask_version"], len(compress(dict(masks), "zstd")))
-        mask_blob_len = st["mask_blob"][1] if masks else 0
+    def _plan(self, st, t, online, downs, whole, float_keys, masks, masks_np, full_len) -> steps.RoundPlan:
+        """The policy picks each client's codec from what the server knows (None: not this round)
+        and, for a client that downloads the whole model, whether it gets it lossily; then the
+        clients that train are recorded as holding B_t (a lossy copy: the whole model next time).
 
-        # -- broadcast: B moves by what the downlink codec really sent (B = G without one)
-        if self.down_codec is not None and t > 0:
-            delta = {k: G[k] - B[k] for k in float_keys}
-            e = self.down_codec.encode_ex(delta, st["down_state"], seed=derive_seed(self.seed, t, 1 << 20),
-                                          structure="fingerprint", masks=masks_np, spec_ref=True)
-            st["down_state"] = e.state
-            for k in float_keys:
-                B[k] = B[k] + e.recon[k]
-            st["bcast"].append((t, len(e.blob)))
-        full_len = len(compress(B, "none"))  # what a client without B downloads this round
-        # Keep only the broadcasts a lagging client could still use more cheaply than the full model.
-        while st["bcast"] and sum(n for _, n in st["bcast"]) > full_len:
-            st["bcast"].pop(0)
-
-        # -- sampling and availability
-        rng = np.random.default_rng([self.seed, t, 11])
-        if self.sampling == "poisson":
-            sampled = np.flatnonzero(rng.random(n_clients) < self.sample_rate)
-        else:
-            sampled = np.sort(rng.choice(n_clients, self.per_round, replace=False))
-        online = netmod.sample_available(self.links, sampled, rng)
-        online = [int(c) for c in online]
-
-        # -- what each online client must download to hold B (known before anyone trains)
-        downs: dict[int, int] = {}
-        whole: set[int] = set()  # clients that download the whole model this round
-        for c in online:
-            ver = st["client_version"].get(c, -1)
-            if self.down_codec is None or ver < 0:
-                down = full_len
-            else:
-                missed = [n for (rr, n) in st["bcast"] if rr > ver]
-                have_all = any(rr == ver + 1 for rr, _ in st["bcast"]) or ver == t
-                down = min(sum(missed), full_len) if have_all else full_len
-            if down == full_len:
-                whole.add(c)
-            if masks and st["client_mask_version"].get(c, -2) < st["mask_version"]:
-                down += mask_blob_len
-            downs[c] = down
-
-        # -- the policy picks each client's codec from what the server knows (None: not this round)
-        # and, for a client that downloads the whole model, whether it gets it lossily.
-        # The policy weighs each lossy copy by its size, measured from a real blob of the model and
-        # re-measured every probe_every rounds (like the uplink ladder); only the copies it picks are
-        # encoded in the other rounds, and a client is always charged len() of the blob it gets.
+        The policy weighs each lossy copy by its size, measured from a real blob of the model and
+        re-measured every probe_every rounds (like the uplink ladder); only the copies it picks are
+        encoded in the other rounds, and a client is always charged len() of the blob it gets.
+        (These encodings stay in this module: tests count them through ``runner.compress``.)
+        """
+        B = st["B"]
         sync_blobs: dict[str, bytes] = {}
         sync_specs = [sp for sp in (self.policy.sync_ladder if self.policy else ()) if sp != "none"]
         if whole and sync_specs:
@@ -499,110 +414,115 @@ class Simulation:
         syncs = {c: sp for c, sp in syncs.items() if c in online and c in whole and sp in sync_specs}
         for sp in set(syncs.values()) - set(sync_blobs):
             sync_blobs[sp] = compress(B, sp)
-        for c in online:  # these clients now download and hold B_t
-            st["client_version"][c] = t
-            if masks:
-                st["client_mask_version"][c] = st["mask_version"]
-        for c, sp in syncs.items():  # ... except a lossy copy of it: next time, the whole model again
-            downs[c] += len(sync_blobs[sp]) - full_len
-            st["client_version"][c] = -1
+        downlink.record_downloads(st, t, online, syncs, {sp: len(b) for sp, b in sync_blobs.items()}, downs,
+                                  full_len=full_len, masks=masks)
+        return steps.RoundPlan(online=online, skipped=skipped, downs=downs, syncs=syncs, sync_blobs=sync_blobs)
 
-        results = []  # (client, blob, weight, down, up, compute_s, train_loss, spec)
-        failed = 0
-        Bsnap = {k: v.clone() for k, v in B.items()}
-        sa = setup = None
-        R = derive_seed(self.seed, t, 33)
-        template = {k: tuple(G[k].shape) for k in float_keys}
-        if self.secagg and self._sa_codec.shared_scale:
+    def _open_secagg(self, st, t, online, float_keys) -> SecureRound | None:
+        """Under secure aggregation: set this round's shared range and key the online clients
+        (None with fewer than two of them, or without secure aggregation)."""
+        if not self.secagg:
+            return None
+        if self._sa_codec.shared_scale:
             self._sa_codec.set_range(st["secagg_range"])
-        if self.secagg and len(online) >= 2:
-            from fedpress.privacy.secagg import SecAggRound
+        if len(online) < 2:
+            return None
+        template = {k: tuple(st["G"][k].shape) for k in float_keys}
+        return SecureRound(self._sa_codec, online, template, threshold=self.secagg_threshold,
+                           neighbors=self.secagg_neighbors, seed=derive_seed(self.seed, t, 31),
+                           round_seed=derive_seed(self.seed, t, 33))
 
-            n_on = len(online)
-            holders = n_on if self.secagg_neighbors is None else min(n_on, self.secagg_neighbors + 1)
-            thr = self.secagg_threshold or (holders // 2 + 1)
-            sa = SecAggRound(online, threshold=min(thr, holders), bits=self._sa_codec.bits,
-                             vector_len=self._sa_codec.vector_len(template),
-                             seed=derive_seed(self.seed, t, 31), neighbors=self.secagg_neighbors)
-            setup = sa.setup_bytes()
-        elif self.secagg:
-            online = []  # one client alone would expose its update: nobody trains this round
+    def _train(self, st, t, online, plan, secure, float_keys, masks,
+               masks_np) -> tuple[list[steps.ClientResult], int]:
+        """Client jobs: each online client trains from B (or its lossy copy) and compresses its
+        update with its own codec state. Returns (one result per client that did not fail, failures)."""
+        tm = st["timing"]
+        Bsnap = {k: v.clone() for k, v in st["B"].items()}
         jobs = [ClientJob(client=c, spec=None if self.secagg else self.codec_for(c, t).spec,
                           state=st["client_states"].get(c), train_seed=derive_seed(self.seed, t, c, 2),
                           encode_seed=derive_seed(self.seed, t, c, 3),
-                          start=sync_blobs[syncs[c]] if c in syncs else None,
+                          start=plan.sync_blobs[plan.syncs[c]] if c in plan.syncs else None,
                           attack=self.attack.spec if c in self.attackers else None)
                 for c in online]
         outs = self._backend.map(Bsnap, jobs, self.train_cfg, float_keys=float_keys, masks=masks,
                                  masks_np=masks_np, loss_fn=self.loss_fn, clip=self.dp_clip)
+        results: list[steps.ClientResult] = []
+        failed = 0
         for job, out in zip(jobs, outs, strict=True):
             c = job.client
             tm["train_s"] += out["train_s"]
             if "error" in out:
                 warnings.warn(f"round {t + 1}: client {c} failed in local training ({out['error']}); dropped",
-                              stacklevel=2)
+                              stacklevel=3)
                 failed += 1
                 continue
             n = int(self.clients[c][0].shape[0])
             comp = netmod.compute_seconds(n, self.train_cfg.epochs, self.links[c])
-            if sa is not None:
+            if secure is not None:
                 t0 = time.perf_counter()
-                codes, st["client_states"][c] = self._sa_codec.encode(
-                    out["update"], round_seed=R, client_seed=job.encode_seed, state=st["client_states"].get(c))
-                payload = sa.mask(c, codes)
+                payload, st["client_states"][c] = secure.upload(c, out["update"], encode_seed=job.encode_seed,
+                                                                state=st["client_states"].get(c))
                 tm["encode_s"] += time.perf_counter() - t0
-                su, sd = setup[c]
-                results.append((c, payload, float(n), downs[c] + sd, len(payload) + su, comp, out["loss"],
-                                self.codec.spec))
+                su, sd = secure.setup[c]
+                results.append(steps.ClientResult(c, payload, float(n), plan.downs[c] + sd, len(payload) + su,
+                                                  comp, out["loss"], self.codec.spec))
                 continue
             tm["encode_s"] += out["encode_s"]
             st["client_states"][c] = out["state"]
             blob = out["blob"]
-            results.append((c, blob, float(n), downs[c], len(blob), comp, out["loss"], job.spec))
+            results.append(steps.ClientResult(c, blob, float(n), plan.downs[c], len(blob), comp, out["loss"],
+                                              job.spec))
+        return results, failed
 
-        # -- clock: stragglers past the deadline are dropped. Links jitter per round when asked.
-        links = {c: self._jittered(c, t) for c, *_ in results}
-        parts = [netmod.Participant(client=c, link=links[c], down_bytes=d, up_bytes=u, compute_s=cs)
-                 for (c, _b, _w, d, u, cs, _l, _s) in results]
-        timing = netmod.round_clock(parts, self.deadline, wait_full_deadline=self.wait_full_deadline)
-        kept = set(timing.kept)
-        # Clients that vanish after uploading (``dropout``): their bytes were sent, never used.
-        vanished: set[int] = set()
-        if self.dropout and kept:
-            drng = np.random.default_rng([self.seed, t, 41])
-            vanished = {c for c in sorted(kept) if drng.random() < self.dropout}
-            kept -= vanished
-        # The server observes the transfers it took part in (not the links themselves).
-        est = st["estimator"]
-        for c, _b, w, d, u, cs, *_ in results:
-            ln = links[c]
-            est.observe(c, "down", d, netmod.transfer_seconds(d, ln.down_mbps, ln.latency_s))
-            est.observe(c, "up", u, netmod.transfer_seconds(u, ln.up_mbps, ln.latency_s))
-            est.observe_compute(c, w * self.train_cfg.epochs, cs)
+    def _collect(self, st, t, results) -> tuple[netmod.RoundTiming, set[int], set[int]]:
+        """The round's clock on this round's links (jittered when asked): stragglers past the
+        deadline and clients that vanish after uploading are not aggregated. The server's link
+        estimator learns from the transfers. Returns (timing, kept clients, vanished clients)."""
+        links = {r.client: self._jittered(r.client, t) for r in results}
+        timing, kept, vanished = steps.close_round(results, links, deadline=self.deadline,
+                                                   wait_full_deadline=self.wait_full_deadline,
+                                                   dropout=self.dropout, seed=self.seed, rnd=t)
+        steps.observe_transfers(st["estimator"], results, links, self.train_cfg.epochs)
+        return timing, kept, vanished
 
-        # -- streaming aggregation of the kept blobs
+    def _server_step(self, st, t, results, kept, secure, float_keys, masks, masks_np):
+        """Aggregate the kept uploads and step G. Returns (the norm of the mean update, None when
+        nobody survived; the row's privacy fields; (extra bytes up, extra bytes down))."""
         t0 = time.perf_counter()
-        extra_up = extra_down = 0
-        priv: dict[str, Any] = {}
-        if sa is not None:
-            mean, priv, (extra_up, extra_down) = self._secagg_aggregate(st, sa, results, kept, online, template, R, t)
-        else:
-            structure = Structure.of({k: G[k] for k in float_keys})
-            specs = sorted({r[7] for r in results})
-            inner = st["dp"] if st["dp"] is not None else make_aggregator(self.aggregate)
-            proc = DecodingFactory(inner, structures=[structure], masks=masks_np, specs=specs).create()
-            for c, blob, w, *_ in results:
-                if c in kept:
-                    proc.accept(blob, weight=w, client=c)
-            mean, meas = proc.result()
-            priv = {k: v for k, v in meas.items() if k.startswith("dp_")}
+        mean, priv, extra = self._aggregate(st, t, results, kept, secure, float_keys, masks_np)
         update_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in mean.values()))) if mean else None
-        if sa is not None and self._sa_codec.shared_scale and mean and not self.dp_clip:
-            peak = max(float(v.abs().max()) for v in mean.values() if v.numel())
-            if peak > 0:
-                st["secagg_range"] = 4.0 * peak
-        if sa is not None:
+        self._apply(st, t, mean, masks)
+        st["timing"]["decode_aggregate_s"] += time.perf_counter() - t0
+        return update_norm, priv, extra
+
+    def _aggregate(self, st, t, results, kept, secure, float_keys, masks_np):
+        """Streaming aggregation of the kept blobs (decode → DP or the aggregation rule), or the
+        secure sum. Returns (the mean update or None, the row's privacy fields, (extra bytes up,
+        extra bytes down))."""
+        if secure is not None:
+            received = {r.client: r.blob for r in results if r.client in kept}
+            mean, priv, extra, over = secure.aggregate(
+                received, t, accountant=st["accountant"], clip=self.dp_clip, noise=self.dp_noise,
+                denominator=self.per_round, dp_seed=derive_seed(self.seed, 57) & 0x7FFFFFFF)
+            st["secagg_overhead"] += over
+            st["secagg_range"] = next_shared_range(self._sa_codec, mean, clip=self.dp_clip,
+                                                   current=st["secagg_range"])
             priv["secagg_range"] = self._sa_codec.hi
+            return mean, priv, extra
+        structure = Structure.of({k: st["G"][k] for k in float_keys})
+        specs = sorted({r.spec for r in results})
+        inner = st["dp"] if st["dp"] is not None else make_aggregator(self.aggregate)
+        proc = DecodingFactory(inner, structures=[structure], masks=masks_np, specs=specs).create()
+        for r in results:
+            if r.client in kept:
+                proc.accept(r.blob, weight=r.weight, client=r.client)
+        mean, meas = proc.result()
+        return mean, {k: v for k, v in meas.items() if k.startswith("dp_")}, (0, 0)
+
+    def _apply(self, st, t, mean, masks) -> None:
+        """The server strategy steps G by the mean update (kept pruned); without a downlink codec
+        clients get G itself, so B = G."""
+        G, B = st["G"], st["B"]
         st["last_delta"] = mean if mean is not None else st["last_delta"]
         if mean is not None:
             G2, st["strategy"] = self.strategy.apply(G, mean, st["strategy"])
@@ -615,122 +535,20 @@ class Simulation:
         if self.down_codec is None:
             for k in G:
                 B[k] = G[k].clone()
-        tm["decode_aggregate_s"] += time.perf_counter() - t0
 
-        # -- evaluation and bookkeeping
+    def _evaluate(self, st, model) -> tuple[float, float, dict]:
+        """G on the test set (metric, loss) and, with per_client_eval, on each client's data."""
         t0 = time.perf_counter()
-        metric, loss = self._evaluate(model, G)
-        row_extra = {}
-        if self.per_client_eval:
-            vals = []
-            for x, y in self.clients:
-                vals.append(float(self.metric(predict_proba(model, G, x).numpy(), y.numpy())))
-            row_extra = {"client_metric_mean": float(np.nanmean(vals)), "client_metric_min": float(np.nanmin(vals)),
-                         "client_metric_p10": float(np.nanpercentile(vals, 10))}
-            # Per link kind (wifi, 4g, 3g, nbiot, ...): what a policy that leaves slow clients out
-            # costs *their* data, which the global test metric can hide.
-            kinds: dict[str, list[float]] = {}
-            for ln, v in zip(self.links, vals, strict=True):
-                kinds.setdefault(ln.kind or "custom", []).append(v)
-            if len(kinds) > 1:
-                row_extra["client_metric_by_kind"] = {k: float(np.nanmean(v)) for k, v in sorted(kinds.items())}
-        tm["eval_s"] += time.perf_counter() - t0
-        up = sum(r[4] for r in results) + extra_up
-        downb = sum(r[3] for r in results) + extra_down
-        st["cum_up"] += up
-        st["cum_down"] += downb
-        st["sim_seconds"] += timing.seconds
-        row = {
-            "round": t + 1, "metric": metric, "loss": loss, "update_norm": update_norm,
-            "uplink_bytes": up, "downlink_bytes": downb,
-            "cum_uplink_bytes": st["cum_up"], "cum_downlink_bytes": st["cum_down"],
-            "sim_seconds": st["sim_seconds"], "round_seconds": timing.seconds,
-            "clients_sampled": len(sampled), "clients_online": len(online),
-            "clients_kept": len(kept), "clients_dropped": len(timing.dropped), "clients_failed": failed,
-            "clients_vanished": len(vanished), "clients_skipped": len(skipped),
-            "train_loss": float(np.mean([r[6] for r in results])) if results else None,
-            "client_codecs": ({str(r[0]): r[7] for r in results}
-                              if self.policy or len({r[7] for r in results}) > 1 else None),
-            "client_uplink_bytes": {str(r[0]): r[4] for r in results},
-            "client_syncs": {str(c): sp for c, sp in syncs.items()} or None,
-            **row_extra,
-            **priv,
-        }
-        if masks is not None or self.train_cfg.l1 > 0:
-            row["sparsity"] = sparsity_of(G)
-        for key in ("client_codecs", "client_syncs"):
-            if row[key] is None:
-                del row[key]
-        return row
-
-    def _secagg_aggregate(self, st, sa, results, kept, online, template, R, t):
-        """Secure sum of the kept clients' masked codes; the server only ever sees the sum."""
-        from fedpress.privacy.masking import SecAggError
-
-        received = {c: blob for c, blob, *_ in results if c in kept}
-        dropped = set(online) - set(received)
-        priv: dict[str, Any] = {}
-        try:
-            total, meas = sa.unmask_sum(received, dropped)
-        except SecAggError as e:
-            warnings.warn(f"round {t + 1}: secure aggregation failed ({e}); round skipped", stacklevel=2)
-            return None, {"secagg_failed": True}, (0, 0)
-        # Setup bytes and the masked payloads are already in each client's counts; add the unmasking
-        # phase (survivors' shares up, the server's requests down).
-        extra = (int(meas["secagg_unmask_uplink_bytes"]), int(meas["secagg_unmask_downlink_bytes"]))
-        over = int(meas.get("secagg_overhead_bytes", 0))
-        st["secagg_overhead"] += over
-        priv["secagg_overhead_bytes"] = over
-        if self.dp_clip is not None:
-            from fedpress.privacy.dp import dp_mean_from_sum, secagg_sensitivity
-
-            s = self._sa_codec.decode_sum(total, len(received), template, round_seed=R)
-            sens = secagg_sensitivity(self.dp_clip, self._sa_codec.error_bound(), self._sa_codec.vector_len(template))
-            mean, dpm = dp_mean_from_sum(s, sensitivity=sens, noise_multiplier=self.dp_noise,
-                                         denominator=self.per_round, seed=derive_seed(self.seed, 57) & 0x7FFFFFFF,
-                                         round=t + 1)
-            st["accountant"].step()
-            priv.update(dpm)
-            priv["dp_epsilon"] = st["accountant"].epsilon()
-        else:
-            mean = self._sa_codec.decode_mean(total, len(received), template, round_seed=R)
-        return mean, priv, extra
+        G, (x, y) = st["G"], self.test
+        metric = float(self.metric(predict_proba(model, G, x).numpy(), y.numpy()))
+        loss = evaluate_loss(model, G, x, y, self.loss_fn)
+        per_client = (steps.client_metrics(model, st["G"], self.clients, self.links, self.metric)
+                      if self.per_client_eval else {})
+        st["timing"]["eval_s"] += time.perf_counter() - t0
+        return metric, loss, per_client
 
     def _finish(self, st: dict, wall: float) -> SimResult:
-        hist = st["history"]
-        metrics = [h["metric"] for h in hist]
-        summary = {
-            "scenario": self.scenario, "codec": self.codec.spec,
-            "down_codec": self.down_codec.spec if self.down_codec else None,
-            "final_metric": metrics[-1] if metrics else float("nan"),
-            "best_metric": float(np.nanmax(metrics)) if metrics else float("nan"),
-            "metric_name": self.metric_name,
-            "total_uplink_bytes": st["cum_up"], "total_downlink_bytes": st["cum_down"],
-            "rounds": len(hist), "sim_seconds": st["sim_seconds"], "wall_seconds": wall,
-            "seed": self.seed, "clients": len(self.clients), "per_round": self.per_round,
-            "strategy": self.strategy.name, "network": self.network_name, "deadline": self.deadline,
-            "sampling": self.sampling,
-            "policy": (getattr(self.policy, "spec", None) or self.policy.name) if self.policy else "fixed",
-            "secagg": self.secagg, "dropout": self.dropout, "aggregate": self.aggregate,
-            "attack": self.attack.spec if self.attack else None, "attackers": sorted(self.attackers),
-            "timing": {k: round(v, 4) for k, v in st["timing"].items()},
-            **self.extra_summary,
-        }
-        if st.get("accountant") is not None:
-            summary.update(epsilon=st["accountant"].epsilon(), delta=self.dp_delta, dp_clip=self.dp_clip,
-                           dp_noise_multiplier=self.dp_noise, target_epsilon=self.target_epsilon)
-        if self.secagg:
-            summary["secagg_overhead_bytes"] = st["secagg_overhead"]
-        if self.target is not None:
-            hit = next((h for h in hist if h["metric"] >= self.target), None)
-            summary["target"] = self.target
-            summary["rounds_to_target"] = hit["round"] if hit else None
-            summary["sim_seconds_to_target"] = hit["sim_seconds"] if hit else None
-            summary["uplink_bytes_to_target"] = hit["cum_uplink_bytes"] if hit else None
+        summary = summarize(self, st, wall)
         if self.out_dir:
-            with open(self.out_dir / "metrics.jsonl", "w") as f:
-                for h in hist:
-                    f.write(json.dumps(h, sort_keys=True) + "\n")
-            with open(self.out_dir / "summary.json", "w") as f:
-                json.dump(summary, f, indent=2, sort_keys=True)
-        return SimResult(hist, summary, st["G"])
+            write_results(self.out_dir, st["history"], summary)
+        return SimResult(st["history"], summary, st["G"])

@@ -1,0 +1,164 @@
+"""The privacy side of :class:`~fedpress.sim.runner.Simulation`: DP settings and state, and one
+round of secure aggregation.
+
+Kept apart from the runner so that its round reads as a sequence of steps. Everything here takes
+what it needs as arguments and returns what it computes; the run state it reads (the accountant)
+is handed in, and what it adds to the run state is returned for the runner to store, so ``st``
+stays the one place a checkpoint saves.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """The DP, sampling and secure-aggregation settings a simulation runs with, once resolved."""
+
+    dropout: float
+    dp_clip: float | None
+    dp_noise: float | None
+    dp_delta: float
+    dp_adaptive: bool
+    target_epsilon: float | None
+    sampling: str  # fixed | poisson
+    sample_rate: float  # per_round / clients
+    acct_kw: dict  # the accountant's sampling model
+    secagg: bool
+    secagg_threshold: int | None
+    secagg_neighbors: int | None
+    sa_codec: Any  # SharedRangeCodec under secure aggregation, else None
+
+
+def settle_privacy(*, clients: int, per_round: int, rounds: int, codec_spec: str, policy, aggregate: str,
+                   sampling: str | None, clip: float | None, noise: float | None, delta: float,
+                   adaptive: bool, target_eps: float | None, secagg: bool, threshold: int | None,
+                   neighbors: int | None, dropout: float) -> PrivacySettings:
+    """Check the privacy arguments (one clear ValueError each) and resolve their defaults."""
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if (noise is not None or target_eps is not None) and clip is None:
+        raise ValueError("differential privacy needs dp_clip (the L2 clip C)")
+    sample_rate = per_round / clients
+    # Under DP the default is Poisson sampling (each client joins with probability
+    # per_round/clients), the assumption of DP-FedAvg's accountant; "fixed" draws exactly
+    # per_round clients and is accounted as sampling without replacement (replace-one).
+    sampling = sampling or ("poisson" if clip is not None else "fixed")
+    if sampling not in ("fixed", "poisson"):
+        raise ValueError(f"sampling must be 'fixed' or 'poisson', got {sampling!r}")
+    acct_kw = {"sampling": sampling, "population": clients}
+    if clip is not None and noise is None:
+        if target_eps is not None:
+            from fedpress.privacy.dp import noise_for_target
+
+            noise = noise_for_target(target_eps, float(delta), sample_rate, rounds, **acct_kw)
+        else:
+            noise = 0.0
+    if aggregate != "mean" and (clip is not None or secagg):
+        # DP's noise is calibrated to a mean of clipped updates, and secure aggregation reveals
+        # only the sum: no other rule is defined on top of either.
+        raise ValueError(f"aggregate={aggregate!r} works neither with DP nor with secure aggregation")
+    sa_codec = None
+    if secagg:
+        from fedpress.privacy.codes import SharedRangeCodec
+
+        sa_codec = SharedRangeCodec(codec_spec)  # refuses incompatible codecs
+        if policy is not None:
+            raise ValueError("secure aggregation needs one shared codec: no per-client policy")
+    return PrivacySettings(
+        dropout=float(dropout), dp_clip=clip, dp_noise=noise, dp_delta=float(delta), dp_adaptive=bool(adaptive),
+        target_epsilon=target_eps, sampling=sampling, sample_rate=sample_rate, acct_kw=acct_kw,
+        secagg=bool(secagg), secagg_threshold=threshold, secagg_neighbors=neighbors, sa_codec=sa_codec)
+
+
+def privacy_state(*, clip: float | None, noise: float | None, sample_rate: float, delta: float,
+                  acct_kw: dict, secagg: bool, adaptive: bool, expected_clients: int, seed: int) -> dict:
+    """The run state's ``dp`` (the DP aggregator; None under secure aggregation, which adds its
+    noise to the sum instead) and ``accountant`` (None without DP)."""
+    if clip is None:
+        return {"dp": None, "accountant": None}
+    from fedpress.privacy.dp import Accountant, DPFactory
+
+    acc = Accountant(noise, sample_rate, delta, **acct_kw)
+    if secagg:
+        return {"dp": None, "accountant": acc}
+    dp = DPFactory(None, clip=clip, noise_multiplier=noise, seed=seed, expected_clients=expected_clients,
+                   adaptive=adaptive, accountant=acc)
+    return {"dp": dp, "accountant": acc}
+
+
+class SecureRound:
+    """One round of secure aggregation among the clients online this round (two at least: one
+    alone would expose its update). Built before training, it gives each client its setup bytes
+    and masks its upload; afterwards the server unmasks only the sum of the kept uploads.
+
+    ``codec`` must already carry this round's range (:meth:`SharedRangeCodec.set_range`).
+    """
+
+    def __init__(self, codec, online: list[int], template: dict[str, tuple], *, threshold: int | None,
+                 neighbors: int | None, seed: int, round_seed: int):
+        from fedpress.privacy.secagg import SecAggRound
+
+        n_on = len(online)
+        holders = n_on if neighbors is None else min(n_on, neighbors + 1)
+        thr = threshold or (holders // 2 + 1)
+        self.codec, self.online, self.template, self.round_seed = codec, list(online), template, round_seed
+        self.sa = SecAggRound(online, threshold=min(thr, holders), bits=codec.bits,
+                              vector_len=codec.vector_len(template), seed=seed, neighbors=neighbors)
+        self.setup = self.sa.setup_bytes()  # client -> (setup bytes up, setup bytes down)
+
+    def upload(self, client: int, update: dict, *, encode_seed: int, state) -> tuple[bytes, Any]:
+        """The client's masked codes, and its codec state for next time."""
+        codes, state = self.codec.encode(update, round_seed=self.round_seed, client_seed=encode_seed,
+                                         state=state)
+        return self.sa.mask(client, codes), state
+
+    def aggregate(self, received: dict[int, bytes], rnd: int, *, accountant, clip: float | None,
+                  noise: float | None, denominator: int, dp_seed: int):
+        """The mean of the ``received`` uploads (clients of :attr:`online` missing from it dropped),
+        with DP noise added to the sum when ``clip`` is set.
+
+        Returns (mean or None when unmasking failed, the row's privacy fields, (unmasking bytes up,
+        unmasking bytes down), overhead bytes of this round). ``accountant`` steps once under DP.
+        """
+        from fedpress.privacy.masking import SecAggError
+
+        dropped = set(self.online) - set(received)
+        priv: dict[str, Any] = {}
+        try:
+            total, meas = self.sa.unmask_sum(received, dropped)
+        except SecAggError as e:
+            warnings.warn(f"round {rnd + 1}: secure aggregation failed ({e}); round skipped", stacklevel=3)
+            return None, {"secagg_failed": True}, (0, 0), 0
+        # Setup bytes and the masked payloads are already in each client's counts; add the unmasking
+        # phase (survivors' shares up, the server's requests down).
+        extra = (int(meas["secagg_unmask_uplink_bytes"]), int(meas["secagg_unmask_downlink_bytes"]))
+        over = int(meas.get("secagg_overhead_bytes", 0))
+        priv["secagg_overhead_bytes"] = over
+        codec, template = self.codec, self.template
+        if clip is not None:
+            from fedpress.privacy.dp import dp_mean_from_sum, secagg_sensitivity
+
+            s = codec.decode_sum(total, len(received), template, round_seed=self.round_seed)
+            sens = secagg_sensitivity(clip, codec.error_bound(), codec.vector_len(template))
+            mean, dpm = dp_mean_from_sum(s, sensitivity=sens, noise_multiplier=noise, denominator=denominator,
+                                         seed=dp_seed, round=rnd + 1)
+            accountant.step()
+            priv.update(dpm)
+            priv["dp_epsilon"] = accountant.epsilon()
+        else:
+            mean = codec.decode_mean(total, len(received), template, round_seed=self.round_seed)
+        return mean, priv, extra, over
+
+
+def next_shared_range(codec, mean: dict | None, *, clip: float | None, current: float) -> float:
+    """The range of next round's shared scale (q under secure aggregation): 4x the largest
+    coordinate of this round's aggregate; under DP it stays the clip, so nothing is clamped."""
+    if codec.shared_scale and mean and not clip:
+        peak = max(float(v.abs().max()) for v in mean.values() if v.numel())
+        if peak > 0:
+            return 4.0 * peak
+    return current

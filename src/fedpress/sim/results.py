@@ -1,0 +1,84 @@
+"""What a :class:`~fedpress.sim.runner.Simulation` keeps on disk and reports: its checkpoint, the
+run summary, and ``metrics.jsonl`` / ``summary.json``.
+
+A checkpoint is the run state ``st`` saved whole (``torch.save``), with the link estimator as its
+state dict; resuming from it continues exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedpress.policy.estimator import LinkEstimator
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def save_checkpoint(st: dict, out_dir: Path) -> None:
+    """Write ``st`` to ``out_dir/checkpoint.pt`` (atomically: a partial file never replaces it)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / (CHECKPOINT + ".tmp")
+    torch.save({**st, "estimator": st["estimator"].state_dict()}, tmp)
+    tmp.replace(out_dir / CHECKPOINT)
+
+
+def load_checkpoint(resume: str | Path) -> dict:
+    """The run state saved at ``resume`` (a checkpoint file, or the folder holding one)."""
+    path = Path(resume)
+    path = path / CHECKPOINT if path.is_dir() else path
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    st = torch.load(path, weights_only=False)
+    est = LinkEstimator()
+    est.load_state_dict(st["estimator"])
+    st["estimator"] = est
+    return st
+
+
+def summarize(sim, st: dict, wall: float) -> dict:
+    """The run summary: ``sim``'s settings, the totals of the run state ``st`` and, with a target,
+    when the run first reached it. ``wall``: the run's wall-clock seconds."""
+    hist = st["history"]
+    metrics = [h["metric"] for h in hist]
+    summary = {
+        "scenario": sim.scenario, "codec": sim.codec.spec,
+        "down_codec": sim.down_codec.spec if sim.down_codec else None,
+        "final_metric": metrics[-1] if metrics else float("nan"),
+        "best_metric": float(np.nanmax(metrics)) if metrics else float("nan"),
+        "metric_name": sim.metric_name,
+        "total_uplink_bytes": st["cum_up"], "total_downlink_bytes": st["cum_down"],
+        "rounds": len(hist), "sim_seconds": st["sim_seconds"], "wall_seconds": wall,
+        "seed": sim.seed, "clients": len(sim.clients), "per_round": sim.per_round,
+        "strategy": sim.strategy.name, "network": sim.network_name, "deadline": sim.deadline,
+        "sampling": sim.sampling,
+        "policy": (getattr(sim.policy, "spec", None) or sim.policy.name) if sim.policy else "fixed",
+        "secagg": sim.secagg, "dropout": sim.dropout, "aggregate": sim.aggregate,
+        "attack": sim.attack.spec if sim.attack else None, "attackers": sorted(sim.attackers),
+        "timing": {k: round(v, 4) for k, v in st["timing"].items()},
+        **sim.extra_summary,
+    }
+    if st.get("accountant") is not None:
+        summary.update(epsilon=st["accountant"].epsilon(), delta=sim.dp_delta, dp_clip=sim.dp_clip,
+                       dp_noise_multiplier=sim.dp_noise, target_epsilon=sim.target_epsilon)
+    if sim.secagg:
+        summary["secagg_overhead_bytes"] = st["secagg_overhead"]
+    if sim.target is not None:
+        hit = next((h for h in hist if h["metric"] >= sim.target), None)
+        summary["target"] = sim.target
+        summary["rounds_to_target"] = hit["round"] if hit else None
+        summary["sim_seconds_to_target"] = hit["sim_seconds"] if hit else None
+        summary["uplink_bytes_to_target"] = hit["cum_uplink_bytes"] if hit else None
+    return summary
+
+
+def write_results(out_dir: Path, history: list[dict], summary: dict) -> None:
+    """``metrics.jsonl`` (one row a round, keys sorted) and ``summary.json`` in ``out_dir``."""
+    with open(out_dir / "metrics.jsonl", "w") as f:
+        for h in history:
+            f.write(json.dumps(h, sort_keys=True) + "\n")
+    with open(out_dir / "summary.json", "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
