@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -267,3 +269,18 @@ def test_lossy_copies_are_measured_on_probe_rounds_and_only_the_picked_one_encod
     assert len(synced) >= 4
     # both copies on probe rounds 1 and 6 (t = 0, 5), one (the picked copy) in each other synced round
     assert len(calls) == 2 * 2 + (len(synced) - 2)
+
+
+def test_a_resumed_policy_run_equals_the_uninterrupted_one(tmp_path):
+    # The link estimator's caches must be pure functions of its observations: a fit that borrowed
+    # the population's latency used to be kept until its own client observed again, so a resumed
+    # run (empty caches) saw other estimates and diverged from round 4.
+    from fedpress.sim.experiment import RunConfig, run_experiment
+
+    cfg = RunConfig(scenario="digits", rounds=8, policy="deadline:seconds=10", network="mixed",
+                    down_codec="ef+q:bits=8", checkpoint_every=3)
+    full, _ = run_experiment(cfg, tmp_path / "full")
+    run_experiment(dataclasses.replace(cfg, rounds=3), tmp_path / "part")
+    resumed, _ = run_experiment(cfg, tmp_path / "part", resume=tmp_path / "part")
+    assert [h["metric"] for h in resumed.history] == [h["metric"] for h in full.history]
+    assert (tmp_path / "full" / "metrics.jsonl").read_bytes() == (tmp_path / "part" / "metrics.jsonl").read_bytes()

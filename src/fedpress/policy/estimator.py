@@ -31,7 +31,13 @@ class LinkEstimator:
         self.min_spread = min_spread
         self._obs: dict[tuple[int, str], deque] = defaultdict(lambda: deque(maxlen=window))
         self._compute: dict[int, deque] = defaultdict(lambda: deque(maxlen=window))
+        # Caches, pure functions of the observations (so a resumed run, which starts them empty,
+        # sees the same estimates): a client's own line fit, dropped when it observes again; and
+        # fits that borrow the population's latency, valid only for the observations they saw.
         self._fit: dict[tuple[int, str], tuple[float, float]] = {}
+        self._borrowed: dict[tuple[int, str], tuple[int, tuple[float, float]]] = {}
+        self._pop_lat: dict[str, tuple[int, float]] = {}
+        self._version = 0  # bumped by every observation
 
     # -- observations
     def observe(self, client: int, direction: str, nbytes: int, seconds: float) -> None:
@@ -41,6 +47,7 @@ class LinkEstimator:
         if nbytes > 0 and seconds > 0:
             self._obs[(client, direction)].append((float(nbytes), float(seconds)))
             self._fit.pop((client, direction), None)
+            self._version += 1
 
     def observe_compute(self, client: int, work: float, seconds: float) -> None:
         """Record ``seconds`` spent on ``work`` units (e.g. samples × epochs)."""
@@ -49,13 +56,18 @@ class LinkEstimator:
 
     # -- estimates
     def _population_latency(self, direction: str) -> float:
+        hit = self._pop_lat.get(direction)
+        if hit is not None and hit[0] == self._version:
+            return hit[1]
         lats = []
         for (_c, d), obs in self._obs.items():
             if d == direction and len(obs) >= 3:
                 fit = self._line(obs)
                 if fit is not None:
                     lats.append(fit[0])
-        return float(np.median(lats)) if lats else self.prior_latency_s
+        lat = float(np.median(lats)) if lats else self.prior_latency_s
+        self._pop_lat[direction] = (self._version, lat)
+        return lat
 
     def _line(self, obs) -> tuple[float, float] | None:
         b = np.array([o[0] for o in obs])
@@ -81,15 +93,22 @@ class LinkEstimator:
         key = (client, direction)
         if key in self._fit:
             return self._fit[key]
+        hit = self._borrowed.get(key)
+        if hit is not None and hit[0] == self._version:
+            return hit[1]
         obs = self._obs.get(key)
         if not obs:
             return self._population_prior(direction)
         fit = self._line(obs)
-        if fit is None:
-            lat = min(self._population_latency(direction), min(o[1] for o in obs) * 0.999)
-            k = float(np.median([(o[1] - lat) / o[0] for o in obs]))
-            fit = (lat, max(k, 1e-15))
-        self._fit[key] = fit
+        if fit is not None:
+            self._fit[key] = fit
+            return fit
+        # One transfer size: the latency comes from the other clients, so this fit is stale as
+        # soon as anyone observes anything (it used to be kept until this client observed again).
+        lat = min(self._population_latency(direction), min(o[1] for o in obs) * 0.999)
+        k = float(np.median([(o[1] - lat) / o[0] for o in obs]))
+        fit = (lat, max(k, 1e-15))
+        self._borrowed[key] = (self._version, fit)
         return fit
 
     def _population_prior(self, direction: str) -> tuple[float, float]:
@@ -130,6 +149,8 @@ class LinkEstimator:
         self._obs.clear()
         self._compute.clear()
         self._fit.clear()
+        self._borrowed.clear()
+        self._pop_lat.clear()
         for k, v in st["obs"].items():
             self._obs[k].extend(v)
         for k, v in st["compute"].items():
