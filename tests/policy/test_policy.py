@@ -223,15 +223,20 @@ def test_deadline_sync_sends_the_whole_model_lossily_only_when_exact_would_be_la
     assert Deadline(3.0, sync=1, ladder=ladder).assign_sync(_info(), [plain])[1] == {}
 
 
-def test_deadline_sync_in_simulation_counts_the_lossy_blob_and_resyncs_next_time():
+def _sync_task():
+    """Four clients, three fast and one whose download of the exact 14 kB model takes ~2.3 s."""
     g = torch.Generator().manual_seed(3)
     clients = [(torch.randn(40, 10, generator=g), torch.randint(0, 3, (40,), generator=g)) for _ in range(4)]
     test = (torch.randn(80, 10, generator=g), torch.randint(0, 3, (80,), generator=g))
     model = lambda: torch.nn.Sequential(torch.nn.Linear(10, 256), torch.nn.ReLU(), torch.nn.Linear(256, 3))  # noqa: E731
     fast = Link(up_mbps=20, down_mbps=50, latency_s=0.02)
-    slow = Link(up_mbps=0.05, down_mbps=0.05, latency_s=0.1)  # the exact 14 kB model: ~2.3 s down
-    kw = {"rounds": 5, "per_round": 4, "network": [fast, fast, fast, slow], "deadline": 3.0,
-          "down_codec": "ef+q:bits=8"}
+    slow = Link(up_mbps=0.05, down_mbps=0.05, latency_s=0.1)
+    return model, clients, test, [fast, fast, fast, slow]
+
+
+def test_deadline_sync_in_simulation_counts_the_lossy_blob_and_resyncs_next_time():
+    model, clients, test, links = _sync_task()
+    kw = {"rounds": 5, "per_round": 4, "network": links, "deadline": 3.0, "down_codec": "ef+q:bits=8"}
     res = Simulation(model, clients, test, policy="deadline:seconds=3", **kw).run()  # sync=1: default
     full = len(fedpress.compress({k: v for k, v in model().state_dict().items()}, "none"))
     synced = [h for h in res.history if "3" in h.get("client_syncs", {})]
@@ -248,12 +253,7 @@ def test_deadline_sync_in_simulation_counts_the_lossy_blob_and_resyncs_next_time
 def test_lossy_copies_are_measured_on_probe_rounds_and_only_the_picked_one_encoded_otherwise(monkeypatch):
     import fedpress.sim.runner as runner_mod
 
-    g = torch.Generator().manual_seed(3)
-    clients = [(torch.randn(40, 10, generator=g), torch.randint(0, 3, (40,), generator=g)) for _ in range(4)]
-    test = (torch.randn(80, 10, generator=g), torch.randint(0, 3, (80,), generator=g))
-    model = lambda: torch.nn.Sequential(torch.nn.Linear(10, 256), torch.nn.ReLU(), torch.nn.Linear(256, 3))  # noqa: E731
-    fast = Link(up_mbps=20, down_mbps=50, latency_s=0.02)
-    slow = Link(up_mbps=0.05, down_mbps=0.05, latency_s=0.1)
+    model, clients, test, links = _sync_task()
     calls: list[str] = []
     real = runner_mod.compress
 
@@ -264,7 +264,7 @@ def test_lossy_copies_are_measured_on_probe_rounds_and_only_the_picked_one_encod
 
     monkeypatch.setattr(runner_mod, "compress", spy)
     res = Simulation(model, clients, test, policy="deadline:seconds=3", rounds=6, per_round=4, probe_every=5,
-                     network=[fast, fast, fast, slow], deadline=3.0, down_codec="ef+q:bits=8").run()
+                     network=links, deadline=3.0, down_codec="ef+q:bits=8").run()
     synced = [h for h in res.history if h.get("client_syncs")]
     assert len(synced) >= 4
     # both copies on probe rounds 1 and 6 (t = 0, 5), one (the picked copy) in each other synced round

@@ -57,11 +57,16 @@ def test_bad_aggregate_names_are_one_clear_error():
         RunConfig(aggregate="bulyan").check()
 
 
+def _under_attack(codec, rounds):
+    """2 of 8 always-online clients send −4·Δ, through ``codec`` like everyone."""
+    return {"rounds": rounds, "per_round": 8, "lr": 0.1, "metric": _acc, "network": ALWAYS_ON,
+            "codec": codec, "attack": "signflip:scale=4,fraction=0.25"}
+
+
 def test_attacked_clients_send_real_blobs_and_the_median_holds():
     # 2 of 8 clients send -4·Δ as q:bits=8 blobs: the mean is dragged off, the median is not.
     clients, test = _data()
-    kw = {"rounds": 6, "per_round": 8, "lr": 0.1, "metric": _acc, "network": ALWAYS_ON,
-          "codec": "q:bits=8", "attack": "signflip:scale=4,fraction=0.25"}
+    kw = _under_attack("q:bits=8", rounds=6)
     mean = Simulation(_model, clients, test, aggregate="mean", **kw).run()
     med = Simulation(_model, clients, test, aggregate="median", **kw).run()
     assert mean.summary["attack"] == "signflip:scale=4,fraction=0.25" and len(mean.summary["attackers"]) == 2
@@ -76,8 +81,7 @@ def test_attacked_clients_send_real_blobs_and_the_median_holds():
 def test_norm_clip_defends_sparsified_uplinks():
     # top-k updates: coordinate-wise rules see mostly zeros; bounding norms keeps sparsity.
     clients, test = _data()
-    kw = {"rounds": 8, "per_round": 8, "lr": 0.1, "metric": _acc, "network": ALWAYS_ON,
-          "codec": "ef+topk:ratio=0.1+q:bits=8", "attack": "signflip:scale=4,fraction=0.25"}
+    kw = _under_attack("ef+topk:ratio=0.1+q:bits=8", rounds=8)
     res = {rule: Simulation(_model, clients, test, aggregate=rule, **kw).run().history[-1]["metric"]
            for rule in ("sparse_mean", "norm_clip")}
     assert res["norm_clip"] > 0.8 and res["norm_clip"] > res["sparse_mean"] + 0.2, res
