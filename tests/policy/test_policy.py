@@ -3,6 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from toy_fl import random_task
 
 import fedpress
 from fedpress.policy import (
@@ -104,10 +105,7 @@ def test_budget_policy_spends_within_budget():
 
 
 def test_deadline_policy_in_simulation_records_codecs_and_keeps_slow_clients():
-    g = torch.Generator().manual_seed(2)
-    clients = [(torch.randn(50, 10, generator=g), torch.randint(0, 3, (50,), generator=g)) for _ in range(4)]
-    test = (torch.randn(100, 10, generator=g), torch.randint(0, 3, (100,), generator=g))
-    model = lambda: torch.nn.Sequential(torch.nn.Linear(10, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))  # noqa: E731
+    model, clients, test = random_task(2, n=50, n_test=100)
     fast = Link(up_mbps=20, down_mbps=50, latency_s=0.02)
     slow = Link(up_mbps=0.005, down_mbps=0.5, latency_s=0.5)
     links = [fast, fast, slow, slow]
@@ -225,10 +223,7 @@ def test_deadline_sync_sends_the_whole_model_lossily_only_when_exact_would_be_la
 
 def _sync_task():
     """Four clients, three fast and one whose download of the exact 14 kB model takes ~2.3 s."""
-    g = torch.Generator().manual_seed(3)
-    clients = [(torch.randn(40, 10, generator=g), torch.randint(0, 3, (40,), generator=g)) for _ in range(4)]
-    test = (torch.randn(80, 10, generator=g), torch.randint(0, 3, (80,), generator=g))
-    model = lambda: torch.nn.Sequential(torch.nn.Linear(10, 256), torch.nn.ReLU(), torch.nn.Linear(256, 3))  # noqa: E731
+    model, clients, test = random_task(3, n=40, n_test=80, hidden=256)
     fast = Link(up_mbps=20, down_mbps=50, latency_s=0.02)
     slow = Link(up_mbps=0.05, down_mbps=0.05, latency_s=0.1)
     return model, clients, test, [fast, fast, fast, slow]

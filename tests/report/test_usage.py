@@ -1,7 +1,8 @@
 """Policy runs in the report: labelled as policies, never the compression baseline, and a table of
 the codecs chosen per client with their measured bytes."""
 
-import torch
+
+from toy_fl import random_task
 
 from fedpress.report.html import render_html
 from fedpress.report.tables import codec_usage, results_table
@@ -10,10 +11,7 @@ from fedpress.sim.runner import Simulation
 
 
 def _runs():
-    g = torch.Generator().manual_seed(1)
-    clients = [(torch.randn(40, 8, generator=g), torch.randint(0, 3, (40,), generator=g)) for _ in range(4)]
-    test = (torch.randn(80, 8, generator=g), torch.randint(0, 3, (80,), generator=g))
-    model = lambda: torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))  # noqa: E731
+    model, clients, test = random_task(1, n=40, n_test=80, features=8)
     fast = Link(up_mbps=20, down_mbps=50, latency_s=0.02)
     slow = Link(up_mbps=0.02, down_mbps=0.5, latency_s=0.1)
     kw = {"rounds": 4, "per_round": 4, "network": [fast, fast, slow, slow], "deadline": 3.0}

@@ -165,38 +165,57 @@ class _DecodingProcess:
 # ----------------------------------------------------------------------------- robust rules
 class _StackProcess:
     """Keeps every accepted update (O(clients × model) memory, unlike the streaming means: an order
-    statistic needs all values of a coordinate) and reduces them coordinate-wise at the end."""
+    statistic or a distance between clients needs all of them) and combines them at the end;
+    subclasses say how (``_combine``), never the bookkeeping around it."""
 
-    def __init__(self, reduce, name: str):
-        self.values: dict[str, list[torch.Tensor]] | None = None
-        self.reduce = reduce
+    def __init__(self, name: str):
         self.name = name
-        self.total = 0.0
+        self.values: dict[str, list[torch.Tensor]] = {}  # per tensor: each client's flat float32
+        self.shapes: dict[str, torch.Size] = {}
+        self.weights: list[float] = []
+
+    @property
+    def total(self) -> float:
+        return sum(self.weights)
 
     def accept(self, value: dict[str, torch.Tensor], weight: float = 1.0, client: int | None = None) -> None:
         if weight <= 0:
             return
-        if self.values is None:
+        if not self.weights:
             self.values = {k: [] for k in value}
             self.shapes = {k: v.shape for k, v in value.items()}
         elif value.keys() != self.values.keys():
             raise ValueError("update keys differ from the first update of the round")
         for k, v in value.items():
             self.values[k].append(v.detach().to(torch.float32).reshape(-1))
-        self.total += weight
+        self.weights.append(float(weight))
 
     def result(self):
-        n = 0 if self.values is None else len(next(iter(self.values.values()), []))
+        n = len(self.weights)
         meas = {"clients_aggregated": n, "weight_total": self.total, "aggregate": self.name}
         if not n:
             return None, meas
+        return self._combine(meas), meas
+
+    def _combine(self, meas: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class _CoordinateProcess(_StackProcess):
+    """A coordinate-wise rule: ``reduce`` maps each tensor's (clients, values) stack to values."""
+
+    def __init__(self, reduce, name: str):
+        super().__init__(name)
+        self.reduce = reduce
+
+    def _combine(self, meas):
         out = {}
         for k, vs in self.values.items():
             stacked = torch.stack(vs) if vs[0].numel() else torch.zeros((len(vs), 0))
             # Sorted in float32 (the decoded values' own precision: the order is exact); only the
             # values averaged go to float64. A float64 copy of clients × model doubled peak memory.
             out[k] = self.reduce(stacked).to(torch.float32).reshape(self.shapes[k])
-        return out, meas
+        return out
 
 
 def _trimmed(stacked: torch.Tensor, cut: int) -> torch.Tensor:
@@ -222,7 +241,7 @@ class MedianFactory:
             n = s.shape[0]
             return _trimmed(s, (n - 1) // 2)  # the middle one (odd n) or the middle two (even n)
 
-        return _StackProcess(median, "median")
+        return _CoordinateProcess(median, "median")
 
 
 def _sender_median(stacked: torch.Tensor) -> torch.Tensor:
@@ -251,7 +270,7 @@ class SparseMedianFactory:
     """
 
     def create(self) -> _StackProcess:
-        return _StackProcess(_sender_median, "sparse_median")
+        return _CoordinateProcess(_sender_median, "sparse_median")
 
 
 class TrimmedMeanFactory:
@@ -272,7 +291,7 @@ class TrimmedMeanFactory:
         self.beta = float(beta)
 
     def create(self) -> _StackProcess:
-        return _StackProcess(lambda s: _trimmed(s, int(self.beta * s.shape[0])), f"trimmed_mean:beta={self.beta:g}")
+        return _CoordinateProcess(lambda s: _trimmed(s, int(self.beta * s.shape[0])), f"trimmed_mean:beta={self.beta:g}")
 
 
 class KrumFactory:
@@ -303,16 +322,14 @@ class KrumFactory:
 
 class _KrumProcess(_StackProcess):
     def __init__(self, f, m):
-        super().__init__(None, "krum" + (f":f={f}" if f is not None else "") + (f",m={m}" if m > 1 else ""))
+        super().__init__("krum" + (f":f={f}" if f is not None else "") + (f",m={m}" if m > 1 else ""))
         self.f, self.m = f, m
 
-    def result(self):
-        n = 0 if self.values is None else len(next(iter(self.values.values()), []))
-        meas = {"clients_aggregated": n, "weight_total": self.total, "aggregate": self.name}
-        if not n:
-            return None, meas
+    def _combine(self, meas):
+        n = len(self.weights)
         # Pairwise squared distances over the whole update (all tensors), in float64.
-        flat = [torch.cat([self.values[k][i].double() for k in self.values]) for i in range(n)]
+        flat = [torch.cat([self.values[k][i].double() for k in self.values]) if self.values
+                else torch.zeros(0, dtype=torch.float64) for i in range(n)]
         x = torch.stack(flat) if flat[0].numel() else torch.zeros((n, 0), dtype=torch.float64)
         d2 = torch.cdist(x, x).pow(2)
         f = self.f if self.f is not None else max((n - 3) // 2, 0)
@@ -320,10 +337,8 @@ class _KrumProcess(_StackProcess):
         scores = torch.sort(d2, dim=1).values[:, 1 : near + 1].sum(dim=1) if n > 1 else torch.zeros(1)
         chosen = torch.argsort(scores, stable=True)[: min(self.m, n)]
         meas["krum_selected"] = int(len(chosen))
-        out = {}
-        for k, vs in self.values.items():
-            out[k] = torch.stack([vs[int(i)] for i in chosen]).double().mean(0).float().reshape(self.shapes[k])
-        return out, meas
+        return {k: torch.stack([vs[int(i)] for i in chosen]).double().mean(0).float().reshape(self.shapes[k])
+                for k, vs in self.values.items()}
 
 
 class NormClipFactory:
@@ -351,32 +366,24 @@ class NormClipFactory:
 
 class _NormClipProcess(_StackProcess):
     def __init__(self, factor: float):
-        super().__init__(None, f"norm_clip:factor={factor:g}")
+        super().__init__(f"norm_clip:factor={factor:g}")
         self.factor = factor
-        self.weights: list[float] = []
 
-    def accept(self, value, weight: float = 1.0, client: int | None = None) -> None:
-        if weight > 0:
-            self.weights.append(float(weight))
-        super().accept(value, weight, client)
-
-    def result(self):
+    def _combine(self, meas):
         n = len(self.weights)
-        meas = {"clients_aggregated": n, "weight_total": self.total, "aggregate": self.name}
-        if not n:
-            return None, meas
         norms = torch.stack([torch.sqrt(sum((self.values[k][i].double() ** 2).sum() for k in self.values))
                              for i in range(n)]) if self.values else torch.zeros(n, dtype=torch.float64)
         bound = self.factor * float(torch.median(norms))  # the lower middle for an even count
         scale = [min(1.0, bound / float(v)) if float(v) > 0 else 1.0 for v in norms]
         meas["clients_clipped"] = sum(s < 1.0 for s in scale)
+        total = self.total
         out = {}
         for k, vs in self.values.items():
             acc = torch.zeros(vs[0].shape, dtype=torch.float64)
             for v, w, c in zip(vs, self.weights, scale, strict=True):
                 acc.add_(v.double(), alpha=w * c)
-            out[k] = (acc / self.total).float().reshape(self.shapes[k])
-        return out, meas
+            out[k] = (acc / total).float().reshape(self.shapes[k])
+        return out
 
 
 class MajorityVoteFactory:

@@ -90,6 +90,7 @@ dominates an end-to-end ``compress`` of a CUDA tensor.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import threading
 from types import ModuleType
@@ -238,26 +239,28 @@ def routes(x) -> bool:
     return gpu() is not None
 
 
-def _load_gpu() -> ModuleType | None:
-    if _gpu_loaded:
-        return _gpu_loaded[0]
+def _import_once(cache: list, needs: tuple[str, ...], module: str) -> ModuleType | None:
+    """``module`` imported once (thread-safe) if every package in ``needs`` imports, else None."""
+    if cache:
+        return cache[0]
     with _import_lock:
-        if not _gpu_loaded:
+        if not cache:
             try:
-                import torch  # noqa: F401
-                import triton  # noqa: F401
+                for name in needs:
+                    importlib.import_module(name)
             except ImportError:
-                _gpu_loaded.append(None)
+                cache.append(None)
             else:
-                from fedpress.kernels import _triton as mod
+                cache.append(importlib.import_module(module))
+    return cache[0]
 
-                _gpu_loaded.append(mod)
-    return _gpu_loaded[0]
+
+def _load_gpu() -> ModuleType | None:
+    return _import_once(_gpu_loaded, ("torch", "triton"), "fedpress.kernels._triton")
 
 
 def _load() -> ModuleType | None:
-    if _loaded:
-        return _loaded[0]
+    return _import_once(_loaded, ("numba",), "fedpress.kernels._cpu")
     with _import_lock:
         if not _loaded:
             try:

@@ -156,30 +156,38 @@ def all_finite(x: np.ndarray) -> bool:
 
 
 # ----------------------------------------------------------------------------- quantisers
+def _encode(kernel, x: np.ndarray, nbytes: int, recon: bool, *args):
+    """Run ``kernel(x, *args, packed, rec)`` over the chunks of ``x``: ``(packed, rec or None)``."""
+    n = x.size
+    packed = _out(nbytes, np.uint8)
+    rec = _rec(n, recon)
+    if n:
+        _split(n, _chunks(n), kernel, x, *args, packed, rec)
+    return packed, (rec if recon else None)
+
+
+def _decode(kernel, buf, n: int, *args) -> tuple[np.ndarray, int]:
+    """Run ``kernel(buf, *args, out)`` over chunks of n values: ``(values, largest code)`` (the
+    caller range-checks the code)."""
+    out = _out(n)
+    if n == 0:
+        return out, 0
+    return out, int(max(_split(n, _chunks(n), kernel, _u8(buf), *args, out)))
+
+
 def q_encode(flat, block, lo, scale, top, sbits, u=None, recon=False):
     """Codes of q (per-block ``lo``/``scale``, codes clipped to 0..top) packed at ``sbits`` bits.
 
     Returns ``(packed uint8, reconstruction or None)``.
     """
     x = _f32(flat)
-    n = x.size
-    _, bsz = block_shape(n, block)
-    packed = _out(packed_len(n, sbits), np.uint8)
-    rec = _rec(n, recon)
-    if n:
-        _split(n, _chunks(n), jit.q_enc, x, bsz, _f32(lo), _f32(scale), top, _u(u), sbits, packed, rec)
-    return packed, (rec if recon else None)
+    _, bsz = block_shape(x.size, block)
+    return _encode(jit.q_enc, x, packed_len(x.size, sbits), recon, bsz, _f32(lo), _f32(scale), top, _u(u), sbits)
 
 
 def q_decode(buf, n, block, sbits, lo, scale):
     """Unpack + dequantise q codes; returns ``(values, largest code)`` (the caller range-checks)."""
-    b = _u8(buf)
-    out = _out(n)
-    if n == 0:
-        return out, 0
-    _, bsz = block_shape(n, block)
-    top = max(_split(n, _chunks(n), jit.q_dec, b, sbits, bsz, _f32(lo), _f32(scale), out))
-    return out, int(top)
+    return _decode(jit.q_dec, buf, n, sbits, block_shape(n, block)[1], _f32(lo), _f32(scale))
 
 
 _ROUNDING = {"floor": 0, "nearest": 1, "stochastic": 2}
@@ -188,54 +196,28 @@ _ROUNDING = {"floor": 0, "nearest": 1, "stochastic": 2}
 def fixed_encode(flat, bits, lo, hi, rounding, sbits, u=None, recon=False):
     """fixed's levels packed at ``sbits`` bits (float64 arithmetic, as the reference)."""
     x = _f32(flat)
-    n = x.size
-    packed = _out(packed_len(n, sbits), np.uint8)
-    rec = _rec(n, recon)
-    if n:
-        _split(n, _chunks(n), jit.fixed_enc, x, bits, float(lo), float(hi), _ROUNDING[rounding],
-             _u(u, np.float64), sbits, packed, rec)
-    return packed, (rec if recon else None)
+    return _encode(jit.fixed_enc, x, packed_len(x.size, sbits), recon, bits, float(lo), float(hi),
+                   _ROUNDING[rounding], _u(u, np.float64), sbits)
 
 
 def fixed_decode(buf, n, bits, sbits, lo, hi):
-    b = _u8(buf)
-    out = _out(n)
-    if n == 0:
-        return out, 0
-    top = max(_split(n, _chunks(n), jit.fixed_dec, b, sbits, bits, float(lo), float(hi), out))
-    return out, int(top)
+    return _decode(jit.fixed_dec, buf, n, sbits, bits, float(lo), float(hi))
 
 
 def qsgd_encode(flat, block, norm, levels, sbits, u, recon=False):
     x = _f32(flat)
-    n = x.size
-    _, bsz = block_shape(n, block)
-    packed = _out(packed_len(n, sbits), np.uint8)
-    rec = _rec(n, recon)
-    if n:
-        _split(n, _chunks(n), jit.qsgd_enc, x, bsz, _f32(norm), levels, _u(u), sbits, packed, rec)
-    return packed, (rec if recon else None)
+    _, bsz = block_shape(x.size, block)
+    return _encode(jit.qsgd_enc, x, packed_len(x.size, sbits), recon, bsz, _f32(norm), levels, _u(u), sbits)
 
 
 def qsgd_decode(buf, n, block, sbits, norm, levels):
-    b = _u8(buf)
-    out = _out(n)
-    if n == 0:
-        return out, 0
-    _, bsz = block_shape(n, block)
-    top = max(_split(n, _chunks(n), jit.qsgd_dec, b, sbits, bsz, _f32(norm), levels, out))
-    return out, int(top)
+    return _decode(jit.qsgd_dec, buf, n, sbits, block_shape(n, block)[1], _f32(norm), levels)
 
 
 def sign_encode(flat, block, scale, recon=False):
     x = _f32(flat)
-    n = x.size
-    _, bsz = block_shape(n, block)
-    packed = _out(packed_len(n, 1), np.uint8)
-    rec = _rec(n, recon)
-    if n:
-        _split(n, _chunks(n), jit.sign_enc, x, bsz, _f32(scale), packed, rec)
-    return packed, (rec if recon else None)
+    _, bsz = block_shape(x.size, block)
+    return _encode(jit.sign_enc, x, packed_len(x.size, 1), recon, bsz, _f32(scale))
 
 
 def sign_decode(buf, n, block, scale):
@@ -249,13 +231,8 @@ def sign_decode(buf, n, block, scale):
 
 def ternary_encode(flat, block, smax, u, recon=False):
     x = _f32(flat)
-    n = x.size
-    _, bsz = block_shape(n, block)
-    packed = _out(-(-n // 5), np.uint8)
-    rec = _rec(n, recon)
-    if n:
-        _split(n, _chunks(n), jit.tern_enc, x, bsz, _f32(smax), _u(u), packed, rec)
-    return packed, (rec if recon else None)
+    _, bsz = block_shape(x.size, block)
+    return _encode(jit.tern_enc, x, -(-x.size // 5), recon, bsz, _f32(smax), _u(u))
 
 
 def ternary_decode(buf, n, block, smax):

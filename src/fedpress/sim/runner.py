@@ -219,9 +219,7 @@ class Simulation:
             raise ValueError(f"unknown backend {backend!r} (local or ray)")
         self.backend = backend
         self.backend_options = backend_options or {}
-        if aggregate != "auto":
-            make_aggregator(aggregate)  # one clear ValueError for a bad name, before any work
-        else:
+        if aggregate == "auto":
             # Biased sparsifiers (top-k, threshold) send few coordinates per client: average each
             # coordinate over its senders. Everything else, and anything private, is a plain mean.
             specs = [self.codec.spec, *(getattr(self.policy, "ladder", ()) if self.policy else ())]
@@ -229,6 +227,9 @@ class Simulation:
             private = dp_clip is not None or secagg
             aggregate = "sparse_mean" if sparse and not private else "mean"
         self.aggregate = aggregate
+        # Parsed once (one clear ValueError for a bad name, before any work); a stateless factory
+        # that makes each round's process.
+        self._aggregator = make_aggregator(aggregate)
         # True (default): a server cannot tell a straggler will miss until the deadline passes, so a
         # round with a straggler lasts the whole deadline. False: the round ends when its slowest
         # kept client is done, as if the server knew in advance who will miss (a lower bound).
@@ -511,7 +512,7 @@ class Simulation:
             return mean, priv, extra
         structure = Structure.of({k: st["G"][k] for k in float_keys})
         specs = sorted({r.spec for r in results})
-        inner = st["dp"] if st["dp"] is not None else make_aggregator(self.aggregate)
+        inner = st["dp"] if st["dp"] is not None else self._aggregator
         proc = DecodingFactory(inner, structures=[structure], masks=masks_np, specs=specs).create()
         for r in results:
             if r.client in kept:
