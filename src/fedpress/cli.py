@@ -115,6 +115,9 @@ _SHARED = [
     _opt("dp_noise", float | None, "--dp-noise", help="DP: noise multiplier z (sigma = z*C)"),
     _opt("dp_delta", float | None, "--dp-delta", help="DP: delta for the reported epsilon"),
     _opt("dp_adaptive", bool | None, "--dp-adaptive/--no-dp-adaptive", help="DP: adaptive clipping"),
+    _opt("dp_mode", str | None, "--dp-mode",
+         help="DP: central (the server adds noise to the sum) | distributed (each client adds discrete "
+         "Gaussian noise inside the secure sum; needs --secagg)"),
     _opt("target_epsilon", float | None, "--target-epsilon", help="DP: size the noise to this epsilon"),
     _opt("sampling", str | None, "--sampling",
          help="fixed (exactly --per-round clients) | poisson (each joins with probability per_round/clients); "

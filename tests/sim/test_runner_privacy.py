@@ -104,3 +104,38 @@ def test_dp_samples_clients_poisson_by_default_and_accounts_fixed_size_when_aske
     assert _run(rounds=2).summary["sampling"] == "fixed"  # without DP: exactly per_round
     with pytest.raises(ValueError, match="sampling must be"):
         _run(sampling="bernoulli")
+
+
+def test_distributed_dp_trains_accounts_and_tolerates_dropout():
+    from fedpress.privacy.ddp import DistributedAccountant, DistributedNoise
+
+    res = _run(codec="q:bits=8", secagg=True, dp_clip=1.0, dp_noise=0.3, dp_mode="distributed", rounds=6,
+               dropout=0.15)
+    hist = res.history
+    assert res.summary["dp_mode"] == "distributed" and res.summary["sampling"] == "fixed"
+    assert sum(h["clients_vanished"] for h in hist) > 0
+    assert all(h["dp_mode"] == "distributed" for h in hist)
+    # each client's noise covers the worst case of only the threshold surviving: 6 online -> 4
+    assert {h["dp_min_clients"] for h in hist} == {4}
+    # the accountant composes the released rounds, each as the round's own bound says
+    acct = DistributedAccountant(1e-5)
+    for h in hist:
+        acct.step(DistributedNoise(clip=1.0, noise_multiplier=0.3, min_clients=4, scale=2 / 256, lo=-1.0,
+                                   dim=h["ddp_dim"], bits=8, n=6).zcdp())
+    assert res.summary["epsilon"] == pytest.approx(acct.epsilon())
+    # the noisy codes need a wider modulus than the plain secure sum, and cost those bytes
+    plain = _run(codec="q:bits=8", secagg=True, rounds=6, dropout=0.15)
+    assert hist[0]["ddp_modulus_bits"] > 8 + 3
+    assert res.summary["total_uplink_bytes"] > plain.summary["total_uplink_bytes"]
+    assert hist[-1]["metric"] > 0.6
+
+
+def test_distributed_dp_target_epsilon_and_bad_settings():
+    res = _run(codec="q:bits=8", secagg=True, dp_clip=1.0, target_epsilon=20.0, dp_mode="distributed", rounds=4)
+    assert 19.0 < res.summary["epsilon"] <= 20.0 * 1.001
+    with pytest.raises(ValueError, match="secure aggregation"):
+        _run(dp_clip=1.0, dp_noise=1.0, dp_mode="distributed")
+    with pytest.raises(ValueError, match="adaptive"):
+        _run(secagg=True, dp_clip=1.0, dp_noise=1.0, dp_mode="distributed", dp_adaptive=True)
+    with pytest.raises(ValueError, match="dp_mode"):
+        _run(secagg=True, dp_clip=1.0, dp_mode="local")

@@ -1,6 +1,7 @@
 """Privacy for compressed federated learning: secure aggregation of shared-range integer codes
 (:mod:`~fedpress.privacy.secagg`, :mod:`~fedpress.privacy.codes`) and client-level differential
-privacy (:mod:`~fedpress.privacy.dp`).
+privacy, central (:mod:`~fedpress.privacy.dp`: the server adds the noise) or distributed
+(:mod:`~fedpress.privacy.ddp`: each client adds discrete Gaussian noise inside the secure sum).
 
 Heavy dependencies load lazily: ``import fedpress.privacy`` pulls in neither ``cryptography`` nor
 ``dp-accounting`` until a name that needs them is used.
@@ -30,6 +31,11 @@ _WHERE = {
     "update_norm": "dp",
     "secagg_sensitivity": "dp",
     "dp_mean_from_sum": "dp",
+    "DistributedAccountant": "ddp",
+    "DistributedNoise": "ddp",
+    "discrete_gaussian": "ddp",
+    "ddg_zcdp": "ddp",
+    "ddp_noise_for_target": "ddp",
 }
 
 __all__ = sorted(_WHERE)

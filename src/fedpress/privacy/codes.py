@@ -192,15 +192,32 @@ class SharedRangeCodec:
         round_seed: int,
         client_seed: int,
         state: dict | None = None,
+        clip: float | None = None,
     ) -> tuple[np.ndarray, dict]:
         """Client-side: the update's codes (one flat integer array, tensors in dict order) and the
-        codec state for this client's next round (``{"residual": ...}`` with ``ef``)."""
+        codec state for this client's next round (``{"residual": ...}`` with ``ef``).
+
+        ``clip``: scale what is quantised (the update plus the ``ef`` residual) to L2 norm ≤ clip
+        first. Under DP this clip is the one that bounds sensitivity: the residual can carry an
+        earlier round's clipped-off mass, so clipping the update alone would not bound the codes;
+        what this clip removes stays in the residual.
+        """
         residual = (state or {}).get("residual") if self.ef else None
-        parts, new_res = [], {}
-        for t, (name, v) in enumerate(update.items()):
+        xs = {}
+        for name, v in update.items():
             x = _flat(v)
             if residual is not None and name in residual:
                 x = x + residual[name]
+            xs[name] = x
+        # The new residual is measured against the unclipped values: what the clip removes is
+        # sent in a later round.
+        wanted = xs
+        if clip is not None:
+            norm = float(np.sqrt(sum(float(np.dot(x, x)) for x in xs.values())))
+            if norm > clip:
+                xs = {k: x * (clip / norm) for k, x in xs.items()}
+        parts, new_res = [], {}
+        for t, (name, x) in enumerate(xs.items()):
             idx = self._positions(x.size, t, round_seed)
             kept = x if idx is None else x[idx]
             u = None
@@ -217,7 +234,7 @@ class SharedRangeCodec:
                     full[:] = rec * gain
                 else:
                     full[idx] = rec * gain
-                new_res[name] = x - full
+                new_res[name] = wanted[name] - full
         codes = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
         return codes, ({"residual": new_res} if self.ef else {})
 

@@ -397,7 +397,9 @@ class SecAggRound:
     2^``bits``) and uploads the returned bytes; the server calls :meth:`unmask_sum` with what
     arrived. ``neighbors=k`` selects SecAgg+ (a random k-regular masking graph; O(k) instead of O(n)
     key agreements and shares per client); ``threshold`` then counts within a neighbourhood (at
-    most k+1). A common choice is a threshold just above half (of n, or of k+1).
+    most k+1). A common choice is a threshold just above half (of n, or of k+1). The modulus has
+    ``bits`` + ⌈log₂ n⌉ (+ ``margin``) bits so that the sum never wraps, unless ``k`` sets it:
+    then codes are residues mod 2ᵏ (``bits`` ≤ ``k``) and so is the sum (distributed DP).
 
     >>> rnd = SecAggRound(list(range(6)), threshold=3, bits=8, vector_len=4, seed=0, neighbors=2)
     >>> sorted(len(v) for v in rnd.server.graph.values())
@@ -417,6 +419,7 @@ class SecAggRound:
         seed: int | None = None,
         neighbors: int | None = None,
         margin: int = 0,
+        k: int | None = None,
     ):
         ids = [int(c) for c in clients]
         if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= (1 << 32) - 1:
@@ -428,7 +431,11 @@ class SecAggRound:
             raise ValueError("vector_len must be >= 0")
         self.clients = ids
         self.bits = bits
-        self.k = modulus_bits(bits, len(ids), margin)
+        # k given: the caller sized the modulus itself and its codes are residues mod 2^k whose sum
+        # it reads mod 2^k (distributed DP's noisy codes); otherwise the sum must never wrap.
+        self.k = modulus_bits(bits, len(ids), margin) if k is None else int(k)
+        if self.k < bits:
+            raise ValueError(f"a modulus of {self.k} bits cannot hold {bits}-bit codes")
         if self.k > 64:
             raise ValueError(f"modulus of {self.k} bits exceeds 64; use fewer code bits")
         self.vector_len = vector_len

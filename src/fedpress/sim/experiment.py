@@ -62,6 +62,7 @@ class RunConfig:
     dp_noise: float | None = None
     dp_delta: float = 1e-5
     dp_adaptive: bool = False
+    dp_mode: str = "central"  # central (server adds the noise) | distributed (clients, inside secagg)
     target_epsilon: float | None = None
     backend: str = "local"  # local | ray
     ray_address: str | None = None  # backend ray: join this cluster ("auto", "ray://host:10001")
@@ -124,6 +125,11 @@ class RunConfig:
                 raise ConfigError("--backend ray needs Ray: pip install 'fedpress[ray]'")
         if (self.dp_noise is not None or self.target_epsilon is not None) and self.dp_clip is None:
             raise ConfigError("dp_noise / target_epsilon need dp_clip (the L2 clip C)")
+        if self.dp_mode not in ("central", "distributed"):
+            raise ConfigError(f"dp_mode must be central or distributed, got {self.dp_mode!r}")
+        if self.dp_mode == "distributed" and (self.dp_clip is None or not self.secagg):
+            raise ConfigError("--dp-mode distributed needs --dp-clip and --secagg (clients add the noise "
+                              "inside the secure sum)")
         if self.secagg:
             from fedpress.privacy.codes import secagg_compatible
 
@@ -235,7 +241,7 @@ def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress
         checkpoint_every=cfg.checkpoint_every, out_dir=out_dir, progress=progress,
         policy=cfg.policy, jitter=cfg.jitter, secagg=cfg.secagg, secagg_threshold=cfg.secagg_threshold,
         dropout=cfg.dropout, dp_clip=cfg.dp_clip, dp_noise=cfg.dp_noise, dp_delta=cfg.dp_delta,
-        dp_adaptive=cfg.dp_adaptive, target_epsilon=cfg.target_epsilon, backend=cfg.backend,
+        dp_adaptive=cfg.dp_adaptive, dp_mode=cfg.dp_mode, target_epsilon=cfg.target_epsilon, backend=cfg.backend,
         backend_options=({"address": cfg.ray_address, "num_cpus": cfg.workers}
                          if cfg.backend == "ray" else None),
         aggregate=cfg.aggregate, wait_full_deadline=cfg.wait_full_deadline, sampling=cfg.sampling,

@@ -31,22 +31,37 @@ class PrivacySettings:
     secagg_threshold: int | None
     secagg_neighbors: int | None
     sa_codec: Any  # SharedRangeCodec under secure aggregation, else None
+    dp_mode: str = "central"  # central (the server adds the noise) | distributed (clients do)
 
 
 def settle_privacy(*, clients: int, per_round: int, rounds: int, codec_spec: str, policy, aggregate: str,
                    sampling: str | None, clip: float | None, noise: float | None, delta: float,
                    adaptive: bool, target_eps: float | None, secagg: bool, threshold: int | None,
-                   neighbors: int | None, dropout: float) -> PrivacySettings:
+                   neighbors: int | None, dropout: float, dp_mode: str = "central") -> PrivacySettings:
     """Check the privacy arguments (one clear ValueError each) and resolve their defaults."""
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if (noise is not None or target_eps is not None) and clip is None:
         raise ValueError("differential privacy needs dp_clip (the L2 clip C)")
+    if dp_mode not in ("central", "distributed"):
+        raise ValueError(f"dp_mode must be 'central' or 'distributed', got {dp_mode!r}")
+    if dp_mode == "distributed":
+        if clip is None or not secagg:
+            raise ValueError("dp_mode='distributed' needs dp_clip and secure aggregation (the clients' "
+                             "noise only protects inside a masked sum)")
+        if adaptive:
+            raise ValueError("adaptive clipping is not implemented for distributed DP")
+        if noise is None and target_eps is not None:
+            from fedpress.privacy.ddp import ddp_noise_for_target
+
+            noise = ddp_noise_for_target(target_eps, float(delta), rounds)
     sample_rate = per_round / clients
     # Under DP the default is Poisson sampling (each client joins with probability
     # per_round/clients), the assumption of DP-FedAvg's accountant; "fixed" draws exactly
     # per_round clients and is accounted as sampling without replacement (replace-one).
-    sampling = sampling or ("poisson" if clip is not None else "fixed")
+    # Distributed DP is accounted without amplification by sampling (the server sees who takes
+    # part), so it gains nothing from Poisson sampling's varying round sizes: fixed by default.
+    sampling = sampling or ("poisson" if clip is not None and dp_mode == "central" else "fixed")
     if sampling not in ("fixed", "poisson"):
         raise ValueError(f"sampling must be 'fixed' or 'poisson', got {sampling!r}")
     acct_kw = {"sampling": sampling, "population": clients}
@@ -71,15 +86,21 @@ def settle_privacy(*, clients: int, per_round: int, rounds: int, codec_spec: str
     return PrivacySettings(
         dropout=float(dropout), dp_clip=clip, dp_noise=noise, dp_delta=float(delta), dp_adaptive=bool(adaptive),
         target_epsilon=target_eps, sampling=sampling, sample_rate=sample_rate, acct_kw=acct_kw,
-        secagg=bool(secagg), secagg_threshold=threshold, secagg_neighbors=neighbors, sa_codec=sa_codec)
+        secagg=bool(secagg), secagg_threshold=threshold, secagg_neighbors=neighbors, sa_codec=sa_codec,
+        dp_mode=dp_mode)
 
 
 def privacy_state(*, clip: float | None, noise: float | None, sample_rate: float, delta: float,
-                  acct_kw: dict, secagg: bool, adaptive: bool, expected_clients: int, seed: int) -> dict:
+                  acct_kw: dict, secagg: bool, adaptive: bool, expected_clients: int, seed: int,
+                  dp_mode: str = "central") -> dict:
     """The run state's ``dp`` (the DP aggregator; None under secure aggregation, which adds its
     noise to the sum instead) and ``accountant`` (None without DP)."""
     if clip is None:
         return {"dp": None, "accountant": None}
+    if dp_mode == "distributed":
+        from fedpress.privacy.ddp import DistributedAccountant
+
+        return {"dp": None, "accountant": DistributedAccountant(delta)}
     from fedpress.privacy.dp import Accountant, DPFactory
 
     acc = Accountant(noise, sample_rate, delta, **acct_kw)
@@ -96,24 +117,45 @@ class SecureRound:
     and masks its upload; afterwards the server unmasks only the sum of the kept uploads.
 
     ``codec`` must already carry this round's range (:meth:`SharedRangeCodec.set_range`).
+
+    With ``distributed=(clip, z)`` each client adds discrete Gaussian noise to its codes before
+    masking (:mod:`fedpress.privacy.ddp`): sized so that the fewest clients the protocol can unmask
+    (its threshold) carry noise z·Δ₂ together, on a modulus sized for the noisy sum.
     """
 
     def __init__(self, codec, online: list[int], template: dict[str, tuple], *, threshold: int | None,
-                 neighbors: int | None, seed: int, round_seed: int):
+                 neighbors: int | None, seed: int, round_seed: int,
+                 distributed: tuple[float, float] | None = None):
         from fedpress.privacy.secagg import SecAggRound
 
         n_on = len(online)
         holders = n_on if neighbors is None else min(n_on, neighbors + 1)
-        thr = threshold or (holders // 2 + 1)
+        thr = min(threshold or (holders // 2 + 1), holders)
         self.codec, self.online, self.template, self.round_seed = codec, list(online), template, round_seed
-        self.sa = SecAggRound(online, threshold=min(thr, holders), bits=codec.bits,
-                              vector_len=codec.vector_len(template), seed=seed, neighbors=neighbors)
+        dim = codec.vector_len(template)
+        self.noise = None
+        bits, k = codec.bits, None
+        if distributed is not None:
+            from fedpress.privacy.ddp import DistributedNoise
+
+            # Unmasking needs at least thr survivors, so every unmasked sum holds thr clients' noise.
+            self.noise = DistributedNoise(clip=distributed[0], noise_multiplier=distributed[1], min_clients=thr,
+                                          scale=codec.scale, lo=codec.lo, dim=dim, bits=codec.bits, n=n_on)
+            bits = k = self.noise.width
+        self.sa = SecAggRound(online, threshold=thr, bits=bits, vector_len=dim, seed=seed, neighbors=neighbors,
+                              k=k)
         self.setup = self.sa.setup_bytes()  # client -> (setup bytes up, setup bytes down)
 
-    def upload(self, client: int, update: dict, *, encode_seed: int, state) -> tuple[bytes, Any]:
-        """The client's masked codes, and its codec state for next time."""
+    def upload(self, client: int, update: dict, *, encode_seed: int, state,
+               clip: float | None = None) -> tuple[bytes, Any]:
+        """The client's masked codes (noisy under distributed DP), and its codec state for next
+        time. ``clip``: the DP clip, applied to what is quantised (update + EF residual)."""
+        import numpy as np
+
         codes, state = self.codec.encode(update, round_seed=self.round_seed, client_seed=encode_seed,
-                                         state=state)
+                                         state=state, clip=clip)
+        if self.noise is not None:
+            codes = self.noise.noisy(codes, np.random.default_rng([encode_seed & 0xFFFFFFFFFFFFFFFF, 0xDD9]))
         return self.sa.mask(client, codes), state
 
     def aggregate(self, received: dict[int, bytes], rnd: int, *, accountant, clip: float | None,
@@ -139,7 +181,18 @@ class SecureRound:
         over = int(meas.get("secagg_overhead_bytes", 0))
         priv["secagg_overhead_bytes"] = over
         codec, template = self.codec, self.template
-        if clip is not None:
+        if self.noise is not None:
+            # Distributed DP: the noise is already in the sum; read it back in the centred range
+            # and divide by the (public) number of uploads.
+            dn, n = self.noise, len(received)
+            mean = codec.decode_mean(dn.centred_sum(total, n), n, template, round_seed=self.round_seed)
+            accountant.step(dn.zcdp())
+            priv.update(dp_mode="distributed", dp_epsilon=accountant.epsilon(), dp_min_clients=dn.min_clients,
+                        dp_local_sigma_codes=dn.sigma, dp_sensitivity=dn.l2 * codec.scale,
+                        dp_noise_std=dn.sigma * n ** 0.5 * codec.scale,
+                        dp_noise_std_mean=dn.sigma * n ** 0.5 * codec.scale / n,
+                        dp_noise_multiplier=dn.noise_multiplier, ddp_modulus_bits=dn.width, ddp_dim=dn.dim)
+        elif clip is not None:
             from fedpress.privacy.dp import dp_mean_from_sum, secagg_sensitivity
 
             s = codec.decode_sum(total, len(received), template, round_seed=self.round_seed)

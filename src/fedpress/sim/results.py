@@ -63,7 +63,8 @@ def summarize(sim, st: dict, wall: float) -> dict:
     }
     if st.get("accountant") is not None:
         summary.update(epsilon=st["accountant"].epsilon(), delta=sim.dp_delta, dp_clip=sim.dp_clip,
-                       dp_noise_multiplier=sim.dp_noise, target_epsilon=sim.target_epsilon)
+                       dp_noise_multiplier=sim.dp_noise, target_epsilon=sim.target_epsilon,
+                       dp_mode=sim.dp_mode)
     if sim.secagg:
         summary["secagg_overhead_bytes"] = st["secagg_overhead"]
     if sim.target is not None:

@@ -160,6 +160,7 @@ class Simulation:
         wait_full_deadline: bool = True,
         sampling: str | None = None,
         attack: str | None = None,
+        dp_mode: str = "central",
     ):
         if not client_datasets:
             raise ValueError("client_datasets is empty")
@@ -239,12 +240,14 @@ class Simulation:
                             codec_spec=self.codec.spec, policy=self.policy, aggregate=aggregate,
                             sampling=sampling, clip=dp_clip, noise=dp_noise, delta=dp_delta,
                             adaptive=dp_adaptive, target_eps=target_epsilon, secagg=secagg,
-                            threshold=secagg_threshold, neighbors=secagg_neighbors, dropout=dropout)
+                            threshold=secagg_threshold, neighbors=secagg_neighbors, dropout=dropout,
+                            dp_mode=dp_mode)
         self.dropout, self.sampling, self.sample_rate = pv.dropout, pv.sampling, pv.sample_rate
         self.dp_clip, self.dp_noise, self.dp_delta = pv.dp_clip, pv.dp_noise, pv.dp_delta
         self.dp_adaptive, self.target_epsilon, self._acct_kw = pv.dp_adaptive, pv.target_epsilon, pv.acct_kw
         self.secagg, self._sa_codec = pv.secagg, pv.sa_codec  # _sa_codec: the shared-range codec
         self.secagg_threshold, self.secagg_neighbors = pv.secagg_threshold, pv.secagg_neighbors
+        self.dp_mode = pv.dp_mode
         self._assigned: dict[int, str] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -291,7 +294,7 @@ class Simulation:
         privacy = privacy_state(clip=self.dp_clip, noise=self.dp_noise, sample_rate=self.sample_rate,
                                 delta=self.dp_delta, acct_kw=self._acct_kw, secagg=self.secagg,
                                 adaptive=self.dp_adaptive, expected_clients=self.per_round,
-                                seed=derive_seed(self.seed, 55) & 0x7FFFFFFF)
+                                seed=derive_seed(self.seed, 55) & 0x7FFFFFFF, dp_mode=self.dp_mode)
         return {
             "round": 0, "G": params, "B": {k: v.clone() for k, v in params.items()},
             "strategy": self.strategy.init(params), "down_state": {}, "client_states": {},
@@ -431,7 +434,8 @@ class Simulation:
         template = {k: tuple(st["G"][k].shape) for k in float_keys}
         return SecureRound(self._sa_codec, online, template, threshold=self.secagg_threshold,
                            neighbors=self.secagg_neighbors, seed=derive_seed(self.seed, t, 31),
-                           round_seed=derive_seed(self.seed, t, 33))
+                           round_seed=derive_seed(self.seed, t, 33),
+                           distributed=(self.dp_clip, self.dp_noise) if self.dp_mode == "distributed" else None)
 
     def _train(self, st, t, online, plan, secure, float_keys, masks,
                masks_np) -> tuple[list[steps.ClientResult], int]:
@@ -462,7 +466,7 @@ class Simulation:
             if secure is not None:
                 t0 = time.perf_counter()
                 payload, st["client_states"][c] = secure.upload(c, out["update"], encode_seed=job.encode_seed,
-                                                                state=st["client_states"].get(c))
+                                                                state=st["client_states"].get(c), clip=self.dp_clip)
                 tm["encode_s"] += time.perf_counter() - t0
                 su, sd = secure.setup[c]
                 results.append(steps.ClientResult(c, payload, float(n), plan.downs[c] + sd, len(payload) + su,
