@@ -33,7 +33,8 @@ and the pair together costs what one mechanism with multiplier z costs.
   the sensitivity to noise for (:func:`secagg_sensitivity`, :func:`dp_mean_from_sum`). The noise
   is added by the server to the securely summed value: the server never sees an individual
   update, but it does see the sum before noise (central DP with a trusted noise-adder).
-  Distributed DP (each client adding discrete noise inside the masked sum) is not implemented.
+  :mod:`fedpress.privacy.ddp` removes that trust: each client adds discrete Gaussian noise to its
+  codes inside the masked sum (distributed DP, ``--dp-mode distributed``).
 
 The accountant matches how clients are sampled. ``sampling="poisson"`` (each client joins a round
 independently with probability q = per_round / clients; the simulator's default under DP): the

@@ -180,6 +180,7 @@ class SecureRound:
         extra = (int(meas["secagg_unmask_uplink_bytes"]), int(meas["secagg_unmask_downlink_bytes"]))
         over = int(meas.get("secagg_overhead_bytes", 0))
         priv["secagg_overhead_bytes"] = over
+        priv["secagg_modulus_bits"] = int(meas["secagg_modulus_bits"])
         codec, template = self.codec, self.template
         if self.noise is not None:
             # Distributed DP: the noise is already in the sum; read it back in the centred range
@@ -191,7 +192,7 @@ class SecureRound:
                         dp_local_sigma_codes=dn.sigma, dp_sensitivity=dn.l2 * codec.scale,
                         dp_noise_std=dn.sigma * n ** 0.5 * codec.scale,
                         dp_noise_std_mean=dn.sigma * n ** 0.5 * codec.scale / n,
-                        dp_noise_multiplier=dn.noise_multiplier, ddp_modulus_bits=dn.width, ddp_dim=dn.dim)
+                        dp_noise_multiplier=dn.noise_multiplier, ddp_dim=dn.dim)
         elif clip is not None:
             from fedpress.privacy.dp import dp_mean_from_sum, secagg_sensitivity
 
