@@ -10,6 +10,8 @@ of the compiled kernels, the random draws and the device path (``sign`` has one)
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from fedpress import kernels
@@ -28,6 +30,75 @@ from fedpress.codecs.quantize import (
 )
 from fedpress.codecs.spec import register
 from fedpress.wire.errors import WireError
+
+
+# ----------------------------------------------------------------------------- shared frame
+def _block_len(n: int, block: int) -> int:
+    """Values per block of n > 0 values (the whole tensor for ``block=0`` or ``block >= n``)."""
+    return block_shape(n, block)[1]
+
+
+def _per_value(scale: np.ndarray, bsz: int, n: int) -> np.ndarray:
+    """Each block's scale repeated over its values: value i gets ``scale[i // bsz]``."""
+    return np.repeat(scale, bsz)[:n]
+
+
+class _BlockScaled(Stage):
+    """The frame the three codecs share (the module doc's family). Every tensor is two fields: one
+    float32 scale per block, then the packed codes, each code a level of its block's scale.
+
+    Subclasses write both fields for non-empty input in :meth:`_encode`, and decode with
+    :meth:`_kernel_decode` (compiled kernels on) or :meth:`_unpack` then :meth:`_dequant` (numpy);
+    :meth:`_recon_np` gives the numpy encode path the same values decode will return.
+    """
+
+    block: int  # every codec here has the parameter: values per scale block (0 = whole tensor)
+    #: The scale field's name in WireError messages, e.g. "sign scales".
+    scale_field: ClassVar[str]
+    recon_optional = True
+    checks_finite = True
+
+    def encode(self, x, ctx, rest):
+        flat = x.ravel()
+        if flat.size == 0:
+            # Still both fields (empty), so decode reads the same two for every tensor; there is
+            # nothing to check or draw, and the (empty) input is its own reconstruction.
+            ctx.write(b"")
+            ctx.write(b"")
+            return x.copy()
+        return self._encode(flat, x.shape, ctx)
+
+    def decode(self, shape, ctx, rest):
+        n = numel(shape)
+        scale = ctx.read_f32(n_blocks(n, self.block), self.scale_field)
+        k = kernels.cpu()
+        if k is not None:
+            return self._kernel_decode(k, ctx, n, scale).reshape(shape)
+        codes = self._unpack(ctx, n)  # read (and checked) even when empty: the field is there
+        if n == 0:
+            return np.zeros(shape, np.float32)
+        return self._dequant(codes, scale, _block_len(n, self.block)).reshape(shape)
+
+    def _recon_np(self, ctx, codes, scale, shape):
+        """The numpy encode path's reconstruction of its n > 0 flat ``codes`` (None unless
+        ``ctx.recon``): the values :meth:`decode` will return for them."""
+        if not ctx.recon:
+            return None
+        return self._dequant(codes, scale, _block_len(codes.size, self.block)).reshape(shape)
+
+    # The codec's own parts.
+    def _encode(self, flat, shape, ctx):  # pragma: no cover
+        raise NotImplementedError
+
+    def _kernel_decode(self, k, ctx, n, scale):  # pragma: no cover
+        raise NotImplementedError
+
+    def _unpack(self, ctx, n):  # pragma: no cover
+        raise NotImplementedError
+
+    def _dequant(self, codes, scale, bsz):  # pragma: no cover
+        raise NotImplementedError
+
 
 # ----------------------------------------------------------------------------- QSGD
 _F32_MAX = np.finfo(np.float32).max
@@ -66,7 +137,7 @@ def qsgd_norms(sums: np.ndarray, levels: int) -> np.ndarray:
 
 
 @register
-class QSGD(Stage):
+class QSGD(_BlockScaled):
     """QSGD (Alistarh et al. 2017): per block, the L2 norm and, per value, a sign and a level in
     0..s chosen by stochastic rounding of s·|g|/‖g‖, so E[g'] = g (unbiased).
 
@@ -85,29 +156,28 @@ class QSGD(Stage):
         "block": Param(int, 512, "bucket size (0 = whole tensor)", lo=0, hi=1 << 24),
     }
 
+    scale_field = "qsgd norms"
+
     @property
     def unbiased(self):
         return True
 
     needs_seed = unbiased
-    recon_optional = True
-    checks_finite = True
 
     @property
     def bits(self) -> int:
         return int(np.ceil(np.log2(2 * self.levels + 1)))
 
-    def _dequant(self, codes2, norm):
+    def _dequant(self, codes, norm, bsz):
         s = np.float32(self.levels)
-        return (codes2.astype(np.float32) - s) * (norm / s)[:, None]
+        return (codes.astype(np.float32) - s) * _per_value(norm / s, bsz, codes.size)
 
-    def encode(self, x, ctx, rest):
-        flat = x.ravel()
+    def _check_levels(self, top: int) -> None:
+        if top > 2 * self.levels:
+            raise WireError("qsgd code out of range")
+
+    def _encode(self, flat, shape, ctx):
         n = flat.size
-        if n == 0:
-            ctx.write(b"")
-            ctx.write(b"")
-            return x.copy()
         k = kernels.cpu()
         # The block L2 norm, summed in the fixed order of codecs._reduce (both paths).
         sums = (k.block_sums if k else block_sums)(flat, self.block, True)
@@ -119,46 +189,34 @@ class QSGD(Stage):
             packed, rec = k.qsgd_encode(flat, self.block, norm, self.levels,
                                         _store_bits(self.bits, ctx), u, ctx.recon)
             ctx.write(packed)
-            return _recon(rec, x.shape)
+            return _recon(rec, shape)
         x2, _ = blocks_of(flat, self.block)
         s = np.float32(self.levels)
         # |g|/‖g‖ ≤ 1, then ·s: never s/‖g‖, which overflows to inf for tiny norms (and 0·inf = NaN
         # gave zeros a negative code).
         mag = np.abs(x2) / np.where(norm > 0, norm, np.float32(1))[:, None] * s
         lev = np.minimum(np.floor(mag + u), s)
-        codes = (np.where(x2 < 0, -lev, lev) + s).astype(np.uint8)
-        _write_codes(codes.ravel()[:n], self.bits, ctx)
-        if not ctx.recon:
-            return None
-        return self._dequant(codes, norm).ravel()[:n].reshape(x.shape)
+        codes = (np.where(x2 < 0, -lev, lev) + s).astype(np.uint8).ravel()[:n]  # less the padding
+        _write_codes(codes, self.bits, ctx)
+        return self._recon_np(ctx, codes, norm, shape)
 
-    def decode(self, shape, ctx, rest):
-        n = numel(shape)
-        nb = n_blocks(n, self.block)
-        norm = ctx.read_f32(nb, "qsgd norms")
-        k = kernels.cpu()
-        if k is not None:
-            sb = _store_bits(self.bits, ctx)
-            out, top = k.qsgd_decode(ctx.read(packed_len(n, sb), "qsgd codes"), n, self.block, sb,
-                                     norm, self.levels)
-            _check_top(top, self.bits, sb, "qsgd codes")
-            if top > 2 * self.levels:
-                raise WireError("qsgd code out of range")
-            return out.reshape(shape)
+    def _kernel_decode(self, k, ctx, n, norm):
+        sb = _store_bits(self.bits, ctx)
+        out, top = k.qsgd_decode(ctx.read(packed_len(n, sb), "qsgd codes"), n, self.block, sb,
+                                 norm, self.levels)
+        _check_top(top, self.bits, sb, "qsgd codes")
+        self._check_levels(top)
+        return out
+
+    def _unpack(self, ctx, n):
         codes = _read_codes(n, self.bits, ctx, "qsgd codes")
-        if n == 0:
-            return np.zeros(shape, np.float32)
-        if codes.max() > 2 * self.levels:
-            raise WireError("qsgd code out of range")
-        bsz = n if nb == 1 else self.block
-        pad = np.full(nb * bsz, self.levels, np.uint8)
-        pad[:n] = codes
-        return self._dequant(pad.reshape(nb, bsz), norm).ravel()[:n].reshape(shape)
+        self._check_levels(int(codes.max()) if codes.size else 0)
+        return codes
 
 
 # ----------------------------------------------------------------------------- sign
 @register
-class Sign(Stage):
+class Sign(_BlockScaled):
     """1-bit sign with a per-block scale (mean |g|), as in signSGD with majority vote / EF-signSGD
     (Bernstein et al. 2018; Karimireddy et al. 2019). Biased: pair it with ``ef``.
 
@@ -168,16 +226,10 @@ class Sign(Stage):
     name = "sign"
     help = "1-bit sign + mean-|g| scale per block (block=0: per tensor); use with ef"
     params = {"block": Param(int, 0, "values per scale block (0 = whole tensor)", lo=0, hi=1 << 24)}
-    recon_optional = True
-    checks_finite = True
+    scale_field = "sign scales"
 
-    def encode(self, x, ctx, rest):
-        flat = x.ravel()
+    def _encode(self, flat, shape, ctx):
         n = flat.size
-        if n == 0:
-            ctx.write(b"")
-            ctx.write(b"")
-            return x.copy()
         k = kernels.cpu()
         # mean |g| per block, summed in the fixed order of codecs._reduce (both paths)
         sums = (k.block_sums if k else block_sums)(flat, self.block)
@@ -187,16 +239,13 @@ class Sign(Stage):
         if k is not None:
             packed, rec = k.sign_encode(flat, self.block, scale, ctx.recon)
             ctx.write(packed)
-            return _recon(rec, x.shape)
+            return _recon(rec, shape)
         bits = (flat >= 0).astype(np.uint8)
         ctx.write(pack_codes(bits, 1))
-        if not ctx.recon:
-            return None
-        return self._dequant(bits, scale, n, block_shape(n, self.block)[1]).reshape(x.shape)
+        return self._recon_np(ctx, bits, scale, shape)
 
-    @staticmethod
-    def _dequant(bits, scale, n, bsz):
-        s = np.repeat(scale, bsz)[:n]
+    def _dequant(self, bits, scale, bsz):
+        s = _per_value(scale, bsz, bits.size)
         return np.where(bits.astype(bool), s, -s).astype(np.float32)
 
     def encode_device(self, x, ctx, rest):
@@ -218,27 +267,20 @@ class Sign(Stage):
         n = numel(shape)
         if g is None or n == 0:
             return self.decode(shape, ctx, rest)
-        scale = ctx.read_f32(n_blocks(n, self.block), "sign scales")
+        scale = ctx.read_f32(n_blocks(n, self.block), self.scale_field)
         buf = ctx.read(packed_len(n, 1), "sign bits")
         return g.sign_decode(buf, n, self.block, _device_f32(scale, device)).reshape(shape)
 
-    def decode(self, shape, ctx, rest):
-        n = numel(shape)
-        nb = n_blocks(n, self.block)
-        scale = ctx.read_f32(nb, "sign scales")
-        k = kernels.cpu()
-        if k is not None:
-            return k.sign_decode(ctx.read(packed_len(n, 1), "sign bits"), n, self.block, scale).reshape(shape)
-        bits = unpack_codes(ctx.read(packed_len(n, 1), "sign bits"), n, 1)
-        if n == 0:
-            return np.zeros(shape, np.float32)
-        bsz = n if nb == 1 else self.block
-        return self._dequant(bits, scale, n, bsz).reshape(shape)
+    def _kernel_decode(self, k, ctx, n, scale):
+        return k.sign_decode(ctx.read(packed_len(n, 1), "sign bits"), n, self.block, scale)
+
+    def _unpack(self, ctx, n):
+        return unpack_codes(ctx.read(packed_len(n, 1), "sign bits"), n, 1)
 
 
 # ----------------------------------------------------------------------------- ternary
 @register
-class Ternary(Stage):
+class Ternary(_BlockScaled):
     """TernGrad (Wen et al. 2017): g' = s·sign(g)·b with s = max|g| per block and
     b ~ Bernoulli(|g|/s), so E[g'] = g. Trits are packed five to a byte (1.6 bits per value).
 
@@ -249,21 +291,16 @@ class Ternary(Stage):
     help = "TernGrad stochastic ternary {-s,0,s}, unbiased, 1.6 bits/value: block=0 (per tensor)"
     params = {"block": Param(int, 0, "values per scale block (0 = whole tensor)", lo=0, hi=1 << 24)}
 
+    scale_field = "ternary scales"
+
     @property
     def unbiased(self):
         return True
 
     needs_seed = unbiased
-    recon_optional = True
-    checks_finite = True
 
-    def encode(self, x, ctx, rest):
-        flat = x.ravel()
+    def _encode(self, flat, shape, ctx):
         n = flat.size
-        if n == 0:
-            ctx.write(b"")
-            ctx.write(b"")
-            return x.copy()
         k = kernels.cpu()
         if k is not None:
             mn, mx = k.block_minmax(flat, self.block)
@@ -273,7 +310,7 @@ class Ternary(Stage):
             packed, rec = k.ternary_encode(flat, self.block, s, u, ctx.recon)
             ctx.write(s)
             ctx.write(packed)
-            return _recon(rec, x.shape)
+            return _recon(rec, shape)
         x2, _ = blocks_of(flat, self.block)
         s = np.abs(x2).max(axis=1).astype(np.float32)
         require_finite(_all_finite(s), ctx)  # max propagates NaN and inf
@@ -283,31 +320,20 @@ class Ternary(Stage):
         trits = np.where(keep, np.where(flat > 0, 1, 2), 0).astype(np.uint8)
         ctx.write(s)
         ctx.write(pack_trits(trits))
-        if not ctx.recon:
-            return None
-        return self._dequant(trits, s, n, x2.shape[1]).reshape(x.shape)
+        return self._recon_np(ctx, trits, s, shape)
 
-    @staticmethod
-    def _dequant(trits, s, n, bsz):
-        sv = np.repeat(s, bsz)[:n]
+    def _dequant(self, trits, s, bsz):
         sign = np.array([0.0, 1.0, -1.0], np.float32)[trits]
-        return (sv * sign).astype(np.float32)
+        return (_per_value(s, bsz, trits.size) * sign).astype(np.float32)
 
-    def decode(self, shape, ctx, rest):
-        n = numel(shape)
-        nb = n_blocks(n, self.block)
-        s = ctx.read_f32(nb, "ternary scales")
-        k = kernels.cpu()
-        if k is not None:
-            buf = ctx.read(None, "ternary trits")
-            if len(buf) != -(-n // 5):
-                raise WireError(f"trits: expected {-(-n // 5)} bytes for {n} values, got {len(buf)}")
-            out, top = k.ternary_decode(buf, n, self.block, s)
-            if top >= 243:
-                raise WireError("trits: byte out of range")
-            return out.reshape(shape)
-        trits = unpack_trits(ctx.read(None, "ternary trits"), n)
-        if n == 0:
-            return np.zeros(shape, np.float32)
-        bsz = n if nb == 1 else self.block
-        return self._dequant(trits, s, n, bsz).reshape(shape)
+    def _kernel_decode(self, k, ctx, n, s):
+        buf = ctx.read(None, "ternary trits")
+        if len(buf) != -(-n // 5):
+            raise WireError(f"trits: expected {-(-n // 5)} bytes for {n} values, got {len(buf)}")
+        out, top = k.ternary_decode(buf, n, self.block, s)
+        if top >= 243:
+            raise WireError("trits: byte out of range")
+        return out
+
+    def _unpack(self, ctx, n):
+        return unpack_trits(ctx.read(None, "ternary trits"), n)
