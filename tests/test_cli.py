@@ -83,7 +83,7 @@ def test_listing_commands():
 # the two hand-written parameter lists with click introspection); extending is fine, losing is not.
 SHARED_FLAGS = {
     "--address", "--aggregate", "--alpha", "--attack", "--backend", "--batch-size", "--clients", "--close-early",
-    "--codec", "--config", "--data-root", "--deadline", "--down-codec", "--dp-adaptive", "--dp-clip",
+    "--codec", "--config", "--data-root", "--deadline", "--down-codec", "--dp-adaptive", "--dp-clip", "--dp-mode",
     "--dp-delta", "--dp-noise", "--dropout", "--jitter", "--json", "--l1", "--l2", "--local-epochs",
     "--lr", "--network", "--no-dp-adaptive", "--no-secagg", "--out", "--partition", "--per-round",
     "--policy", "--prox-mu", "--prune", "--prune-mode", "--prune-scope", "--quiet", "--rounds",

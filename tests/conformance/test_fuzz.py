@@ -53,6 +53,8 @@ SPECS = [
     "ef+topk:ratio=0.05+q:bits=4+zstd", "topk:ratio=0.5+randk:ratio=0.5+ternary",
     "q:bits=3,block=16+ans", "qsgd:levels=16+ans", "ternary:block=5+ans", "none+ans",
     "ef+topk:ratio=0.05+q:bits=4+ans",
+    "rht", "rht:block=8+sign", "rht:block=16+q:bits=2+zstd", "rht+qsgd:levels=4,block=8",
+    "ef+rht:block=32+ternary+ans",
 ]
 
 

@@ -26,7 +26,16 @@ def register(cls: type[Stage]) -> type[Stage]:
 
 def _ensure_loaded() -> None:
     # Importing the family modules fills REGISTRY (each class is decorated with @register).
-    from fedpress.codecs import cast, entropy, feedback, levels, lowrank, quantize, sparsify  # noqa: F401
+    from fedpress.codecs import (  # noqa: F401
+        cast,
+        entropy,
+        feedback,
+        levels,
+        lowrank,
+        quantize,
+        rotate,
+        sparsify,
+    )
 
 
 def parse_spec(spec: str) -> list[Stage]:
