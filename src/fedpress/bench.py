@@ -96,10 +96,34 @@ def _count(shapes) -> int:
     return sum(math.prod(s) for _, s in shapes)
 
 
-def model_like_state_dict(size: int = 1_000_000, seed: int = 0) -> dict:
+#: Value distributions of the benchmark data: what a low-bit quantiser's per-block scale meets.
+VALUES = ("gaussian", "student-t", "outliers")
+
+
+def _draw(shape, std: float, g, values: str):
+    """``std`` × standard draws of ``values``: N(0, 1); Student-t with 2 degrees of freedom (dense
+    heavy tails, as in many gradient and update distributions); or N(0, 1) with one ±30 outlier
+    per 256 values (a scale spoiled in every block without the outliers dominating the norm)."""
+    import torch
+
+    if values not in VALUES:
+        raise ValueError(f"values must be one of {', '.join(VALUES)}, got {values!r}")
+    x = torch.randn(shape, generator=g)
+    if values == "student-t":
+        # t = z / sqrt(chi2_2 / 2), and chi2_2 / 2 is an Exp(1) draw
+        x = x / torch.sqrt(torch.empty(shape).exponential_(1.0, generator=g))
+    elif values == "outliers":
+        flat = x.view(-1)
+        pos = torch.randperm(flat.numel(), generator=g)[: flat.numel() // 256]
+        flat[pos] = 30.0 * torch.sign(flat[pos] + 1e-30)
+    return x * std
+
+
+def model_like_state_dict(size: int = 1_000_000, seed: int = 0, values: str = "gaussian") -> dict:
     """A state_dict-shaped update of conv and linear weights plus biases, about ``size`` float32
     values in all (torch tensors). Weights are N(0, 1/fan_in) — the scale of an initialisation or
-    of a normalised update — and biases are ten times smaller.
+    of a normalised update — and biases are ten times smaller (``values`` other than "gaussian":
+    the same scales, other distributions, see :data:`VALUES`).
 
     >>> sd = model_like_state_dict(100_000)
     >>> sorted(sd)[:2], abs(sum(t.numel() for t in sd.values()) - 100_000) < 2_000
@@ -122,15 +146,20 @@ def model_like_state_dict(size: int = 1_000_000, seed: int = 0) -> dict:
     for name, shp in shapes:
         fan_in = math.prod(shp[1:]) if len(shp) > 1 else None
         std = 1.0 / math.sqrt(fan_in) if fan_in else 0.1 / math.sqrt(shp[0])
-        out[name] = torch.randn(shp, generator=g) * std
+        out[name] = _draw(shp, std, g, values)
     return out
 
 
-def flat_vector(size: int = 1_000_000, seed: int = 0):
-    """A flat float32 vector of N(0, 1) values (torch tensor)."""
+def flat_vector(size: int = 1_000_000, seed: int = 0, values: str = "gaussian"):
+    """A flat float32 vector of N(0, 1) values (torch tensor), or of another :data:`VALUES` kind.
+
+    >>> x = flat_vector(25_600, values="outliers")
+    >>> int((x.abs() == 30).sum())
+    100
+    """
     import torch
 
-    return torch.randn(size, generator=torch.Generator().manual_seed(seed))
+    return _draw((size,), 1.0, torch.Generator().manual_seed(seed), values)
 
 
 def _flat_f32(obj) -> np.ndarray:
@@ -161,6 +190,7 @@ def bench_codecs(
     seed: int = 0,
     kernels: str = "on",
     device: str = "cpu",
+    values: str = "gaussian",
 ) -> list[dict]:
     """Measure each codec on ``size`` float32 values; one dict per codec (see module docstring).
 
@@ -181,9 +211,9 @@ def bench_codecs(
     if kernels not in KERNEL_MODES:
         raise ValueError(f"kernels must be one of {', '.join(KERNEL_MODES)}, got {kernels!r}")
     if shape == "state_dict":
-        obj = model_like_state_dict(size, seed)
+        obj = model_like_state_dict(size, seed, values)
     elif shape == "flat":
-        obj = flat_vector(size, seed)
+        obj = flat_vector(size, seed, values)
     else:
         raise ValueError(f"shape must be 'state_dict' or 'flat', got {shape!r}")
     ref = _flat_f32(obj)
@@ -435,6 +465,8 @@ def codecs_cmd(
     kernels: str = typer.Option("on", "--kernels", help="on (compiled kernels when available), off "
                                 "(NumPy reference) or both (reference, then kernels, same run)"),
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda (errors when CUDA is absent)"),
+    values: str = typer.Option("gaussian", "--values", help="gaussian, student-t (df 2: heavy tails) or "
+                               "outliers (one ±30 per 256 values): where rotation (rht) pays"),
 ) -> None:
     """Per codec: measured bits per coordinate (from len(blob)), error, encode/decode time vs a copy."""
     from fedpress.codecs.spec import SpecError
@@ -443,18 +475,21 @@ def codecs_cmd(
         raise typer.BadParameter("must be 'state_dict' or 'flat'", param_hint="--shape")
     if kernels not in KERNEL_MODES:
         raise typer.BadParameter(f"must be one of {', '.join(KERNEL_MODES)}", param_hint="--kernels")
+    if values not in VALUES:
+        raise typer.BadParameter(f"must be one of {', '.join(VALUES)}", param_hint="--values")
     try:
         check_device(device)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--device") from None
     try:
         rows = bench_codecs(size, codec or None, repeat=repeat, shape=shape, seed=seed,
-                            kernels=kernels, device=device)
+                            kernels=kernels, device=device, values=values)
     except SpecError as e:
         raise typer.BadParameter(str(e), param_hint="--codec") from None
     dev_rows = bench_device_kernels(size, repeat=repeat, seed=seed) if device == "cuda" else []
     if as_json:
-        doc = {"size": rows[0]["n"] if rows else size, "shape": shape, "repeat": repeat, "seed": seed,
+        doc = {"size": rows[0]["n"] if rows else size, "shape": shape, "values": values, "repeat": repeat,
+               "seed": seed,
                "kernels": kernels, "device": device, "environment": _environment(), "results": rows}
         if dev_rows:
             doc["device_kernels"] = dev_rows
@@ -468,7 +503,7 @@ def codecs_cmd(
         console = Console(width=max(console.width, 150))
     from fedpress import kernels as kern
 
-    console.print(_table(rows, f"codecs on {n:,} float32 values ({shape}, {device}), best of {repeat}; "
+    console.print(_table(rows, f"codecs on {n:,} float32 values ({shape}, {values}, {device}), best of {repeat}; "
                                f"kernels: {kern.describe()}"))
     if dev_rows:
         console.print(device_table(dev_rows, f"Triton kernels alone on {size:,} float32 values (flat), "

@@ -89,6 +89,20 @@ def test_cli_json_and_table():
     assert bad.exit_code != 0
 
 
+def test_values_option_changes_the_data_and_where_rotation_pays():
+    gauss, heavy = (bench_codecs(20_000, ["q:bits=2", "rht+q:bits=2"], repeat=1, shape="flat", values=v)
+                    for v in ("gaussian", "student-t"))
+    err = {(r["codec"], i): r["rel_l2_error"] for i, rows in enumerate((gauss, heavy)) for r in rows}
+    # on heavy tails the per-block range is spoiled and the rotation repairs it; on Gaussian data
+    # there is nothing to repair
+    assert err["rht+q:bits=2", 1] < 0.6 * err["q:bits=2", 1]
+    assert abs(err["rht+q:bits=2", 0] - err["q:bits=2", 0]) < 0.1 * err["q:bits=2", 0]
+    res = _invoke("codecs", "-n", "3000", "-c", "sign", "-r", "1", "--values", "outliers", "--json")
+    assert res.exit_code == 0 and json.loads(res.output)["values"] == "outliers"
+    bad = _invoke("codecs", "--size", "100", "--values", "cauchy")
+    assert bad.exit_code != 0 and "student-t" in bad.output
+
+
 def test_console_script_wiring():
     """`fedpress bench codecs` as users type it (through fedpress.cli)."""
     out = subprocess.run([sys.executable, "-m", "fedpress", "bench", "codecs", "--size", "2000", "--codec",

@@ -139,3 +139,14 @@ def test_distributed_dp_target_epsilon_and_bad_settings():
         _run(secagg=True, dp_clip=1.0, dp_noise=1.0, dp_mode="distributed", dp_adaptive=True)
     with pytest.raises(ValueError, match="dp_mode"):
         _run(secagg=True, dp_clip=1.0, dp_mode="local")
+
+
+def test_distributed_dp_run_resumes_exactly(tmp_path):
+    clients, test = _setup()
+    kw = {"rounds": 4, "per_round": 6, "lr": 0.1, "metric": _acc, "codec": "ef+q:bits=8", "secagg": True,
+          "dp_clip": 1.0, "dp_noise": 0.3, "dp_mode": "distributed", "checkpoint_every": 2}
+    full = Simulation(_model, clients, test, out_dir=tmp_path / "full", **kw).run()
+    Simulation(_model, clients, test, out_dir=tmp_path / "part", **{**kw, "rounds": 2}).run()
+    resumed = Simulation(_model, clients, test, out_dir=tmp_path / "part", **kw).run(resume=tmp_path / "part")
+    assert resumed.history == full.history
+    assert resumed.summary["epsilon"] == full.summary["epsilon"] < float("inf")
