@@ -176,3 +176,65 @@ def test_q_with_a_shared_scale_sums_exactly_on_the_agreed_range():
         c.set_range(0.0)
     with pytest.raises(ValueError, match="fixed range"):
         SharedRangeCodec("fixed:bits=8").set_range(1.0)
+
+
+def _heavy_updates(n_clients, seed=0):
+    rng = np.random.default_rng(seed)
+    # a two-layer "model" whose second layer has 20x larger coordinates, with heavy tails
+    return [{"a": torch.from_numpy(rng.standard_t(2, 3000).astype(np.float32) * 0.01),
+             "b": torch.from_numpy(rng.standard_t(2, 200).astype(np.float32) * 0.2)} for _ in range(n_clients)]
+
+
+@pytest.mark.parametrize("spec", ["rht+q:bits=6", "randk:ratio=0.5+rht+q:bits=6",
+                                  "ef+rht:block=256+fixed:bits=8,lo=-0.2,hi=0.2,rounding=stochastic"])
+def test_a_rotation_shared_by_the_round_sums_exactly(spec):
+    codec = SharedRangeCodec(spec)
+    assert codec.rht_block is not None
+    if codec.shared_scale:
+        codec.set_range(codec.dp_range(4.0, codec.vector_len(_heavy_updates(1)[0])))
+    ups = [{k: v * 0.1 for k, v in u.items()} for u in _heavy_updates(5)]
+    codes = [codec.encode(u, round_seed=3, client_seed=i)[0] for i, u in enumerate(ups)]
+    total = sum(c.astype(np.int64) for c in codes)
+    got = codec.decode_sum(total, 5, ups[0], round_seed=3)
+    # the sum of each client's own decode (the rotation is linear, so decoding the sum = summing)
+    one = [codec.decode_sum(c.astype(np.int64), 1, u, round_seed=3) for c, u in zip(codes, ups, strict=True)]
+    for k in got:
+        np.testing.assert_allclose(got[k].numpy(), sum(o[k] for o in one).numpy(), rtol=1e-4, atol=1e-5)
+    # and a different round's rotation does not decode these codes
+    other = codec.decode_sum(total, 5, ups[0], round_seed=4)
+    assert not np.allclose(other["a"].numpy(), got["a"].numpy(), atol=1e-3)
+
+
+def test_rotation_shrinks_the_dp_range_and_the_error_of_the_mean():
+    ups = _heavy_updates(8)
+    clip = 2.0
+    errs = {}
+    for spec in ("q:bits=4", "rht+q:bits=4"):
+        codec = SharedRangeCodec(spec)
+        dim = codec.vector_len(ups[0])
+        codec.set_range(codec.dp_range(clip, dim))
+        codes = [codec.encode(u, round_seed=1, client_seed=i, clip=clip)[0] for i, u in enumerate(ups)]
+        clipped = [clip_update(u, clip)[0] for u in ups]
+        want = np.concatenate([sum(c[k].double() for c in clipped).numpy() / 8 for k in ("a", "b")])
+        got = codec.decode_mean(sum(c.astype(np.int64) for c in codes), 8, ups[0], round_seed=1)
+        errs[spec] = np.linalg.norm(np.concatenate([got[k].double().numpy() for k in ("a", "b")]) - want)
+        errs[spec, "range"] = codec.hi
+    assert errs["rht+q:bits=4", "range"] == pytest.approx(4 * clip / np.sqrt(3200))
+    assert errs["q:bits=4", "range"] == clip
+    assert errs["rht+q:bits=4"] < 0.25 * errs["q:bits=4"]
+
+
+def test_error_feedback_through_the_rotation_keeps_what_was_not_sent():
+    codec = SharedRangeCodec("ef+randk:ratio=0.5+rht:block=64+q:bits=3")
+    codec.set_range(0.05)  # narrow: the rotated values are clamped too, and that stays in the residual
+    x = _heavy_updates(1, seed=2)[0]
+    codes, st = codec.encode(x, round_seed=9, client_seed=1)
+    rec = codec.decode_sum(codes.astype(np.int64), 1, x, round_seed=9)
+    for k in x:
+        np.testing.assert_allclose(st["residual"][k] + rec[k].double().numpy(), x[k].double().numpy(), atol=1e-5)
+
+
+def test_rht_must_sit_right_before_the_quantiser():
+    ok, why = secagg_compatible("rht+randk:ratio=0.5+q:bits=4")
+    assert not ok and "right before" in why
+    assert not secagg_compatible("rht+sign")[0]

@@ -81,12 +81,14 @@ def test_noise_for_target_meets_the_target():
     assert 3.9 < acct.epsilon() <= 4.0 + 1e-9
 
 
-@pytest.mark.parametrize("spec", ["q:bits=6", "fixed:bits=5,lo=-0.31,hi=0.5,rounding=stochastic"])
+@pytest.mark.parametrize("spec", ["q:bits=6", "fixed:bits=5,lo=-0.31,hi=0.5,rounding=stochastic",
+                                  "rht:block=16+q:bits=6"])
 def test_sensitivity_bounds_the_codes_distance_from_a_zero_update(spec):
     codec = SharedRangeCodec(spec)
-    if codec.shared_scale:
-        codec.set_range(0.4)
     clip, d = 1.0, 64
+    if codec.shared_scale:
+        # with rht the DP range (4C/sqrt(d) = 0.5): rotated spikes are clamped, which only shrinks
+        codec.set_range(codec.dp_range(clip, d) if codec.rht_block else 0.4)
     dn = DistributedNoise(clip=clip, noise_multiplier=1.0, min_clients=2, scale=codec.scale, lo=codec.lo,
                           dim=d, bits=codec.bits, n=4)
     rng = np.random.default_rng(0)

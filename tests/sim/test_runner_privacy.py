@@ -150,3 +150,16 @@ def test_distributed_dp_run_resumes_exactly(tmp_path):
     resumed = Simulation(_model, clients, test, out_dir=tmp_path / "part", **kw).run(resume=tmp_path / "part")
     assert resumed.history == full.history
     assert resumed.summary["epsilon"] == full.summary["epsilon"] < float("inf")
+
+
+def test_rotation_under_dp_shrinks_the_range_and_the_sensitivity():
+    plain = _run(codec="q:bits=8", secagg=True, dp_clip=1.0, dp_noise=0.3, rounds=2, sampling="fixed")
+    rot = _run(codec="rht+q:bits=8", secagg=True, dp_clip=1.0, dp_noise=0.3, rounds=2, sampling="fixed")
+    dim = sum(p.numel() for p in _model().parameters())
+    assert {h["secagg_range"] for h in plain.history} == {1.0}
+    assert [h["secagg_range"] for h in rot.history] == pytest.approx([4.0 / dim**0.5] * 2)
+    # C + sqrt(d) * step: the rounding share falls by the range's factor
+    assert plain.history[0]["dp_sensitivity"] == pytest.approx(1.0 + dim**0.5 * 2 / 256)
+    assert rot.history[0]["dp_sensitivity"] == pytest.approx(1.0 + dim**0.5 * 2 * (4.0 / dim**0.5) / 256)
+    dist = _run(codec="rht+q:bits=8", secagg=True, dp_clip=1.0, dp_noise=0.3, rounds=3, dp_mode="distributed")
+    assert dist.history[-1]["metric"] > 0.6

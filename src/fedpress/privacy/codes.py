@@ -33,6 +33,9 @@ from fedpress.codecs.quantize import fixed_quantize
 from fedpress.codecs.sparsify import keep_count
 from fedpress.codecs.spec import SpecError, parse_spec
 
+#: Under DP with ``rht``, the shared range in standard deviations of a rotated coordinate.
+RHT_RANGE_SIGMAS = 4.0
+
 _FLOATS = "float values do not add modulo 2^k; quantise on a shared range: fixed:lo=-R,hi=R"
 _LOWRANK = "low-rank factors multiply: a sum of factorisations is not a factorisation of the sum"
 _REFUSE = {
@@ -82,15 +85,20 @@ def secagg_compatible(spec: str) -> tuple[bool, str]:
     for name in body:
         if name in _REFUSE:
             return False, f"{name}: {_REFUSE[name]}"
-        if name not in ("randk", "fixed", "q"):
+        if name not in ("randk", "rht", "fixed", "q"):
             return False, f"{name}: no shared-range integer form; use fixed on a shared range"
-    if body in (["q"], ["randk", "q"]):
+    # A rotation shared by the round is linear: the sum of rotated updates is the rotated sum.
+    rot = ", rotated by a rotation shared per round (rht)" if "rht" in body else ""
+    pos = ", positions shared per round (randk)" if "randk" in body else ""
+    core = [n for n in body if n != "rht"]
+    if "rht" in body and (body.count("rht") > 1 or len(body) < 2 or body[-2] != "rht"):
+        return False, "rht: put it right before the final fixed/q stage ([ef+][randk+]rht+q:...)"
+    if core in (["q"], ["randk", "q"]):
         q = stages[-1]
-        pos = ", positions shared per round (randk)" if "randk" in body else ""
         return True, (f"{q.bits}-bit stochastic codes on a range [-R, R] shared per round "
-                      f"(q with a shared scale){pos}")
-    if body not in (["fixed"], ["randk", "fixed"]):
-        if body == ["randk"]:
+                      f"(q with a shared scale){pos}{rot}")
+    if core not in (["fixed"], ["randk", "fixed"]):
+        if core == ["randk"]:
             return False, "randk alone sends floats; follow it with fixed:lo=-R,hi=R"
         return False, "expected [ef+][randk:...+]fixed:... (one fixed stage, last)"
     fx = stages[-1]
@@ -102,8 +110,7 @@ def secagg_compatible(spec: str) -> tuple[bool, str]:
             "prefer stochastic"
         )
     )
-    pos = ", positions shared per round (randk)" if "randk" in body else ""
-    return True, f"{fx.bits}-bit codes on the shared range [{fx.lo:g}, {fx.hi:g}]{pos}{note}"
+    return True, f"{fx.bits}-bit codes on the shared range [{fx.lo:g}, {fx.hi:g}]{pos}{rot}{note}"
 
 
 def _flat(v) -> np.ndarray:
@@ -138,6 +145,9 @@ class SharedRangeCodec:
         self.ef = stages[0].name == "ef"
         rk = next((s for s in stages if s.name == "randk"), None)
         self.ratio = rk.ratio if rk is not None else None
+        rh = next((s for s in stages if s.name == "rht"), None)
+        #: Chunk length of the round's shared rotation (``rht``), or None.
+        self.rht_block = rh.block if rh is not None else None
         self.rescale = bool(rk is not None and rk.__dict__["unbiased"])
         fx = stages[-1]
         #: True for ``q`` with a shared scale: the range is agreed per round with set_range().
@@ -162,6 +172,43 @@ class SharedRangeCodec:
             raise ValueError(f"range must be a positive finite number, got {r!r}")
         self.lo, self.hi = -float(r), float(r)
         self.scale = (self.hi - self.lo) / float(1 << self.bits)
+
+    def dp_range(self, clip: float, dim: int) -> float:
+        """The shared range under DP with clip C for ``dim`` codes a client: C (nothing is ever
+        clamped), or with ``rht`` min(C, 4·C/√dim). The rotation spreads a norm-C vector into
+        near-Gaussian coordinates of standard deviation ≤ C/√dim, so the range, and with it the
+        step and the rounding term √dim·step of the sensitivity, shrinks √dim/4-fold; a
+        coordinate beyond 4 standard deviations (rare) is clamped, which only shrinks the norm."""
+        r = float(clip)
+        if self.rht_block is not None and dim > 0:
+            r = min(r, RHT_RANGE_SIGMAS * r / np.sqrt(dim))
+        return r
+
+    def peak(self, values: dict[str, Any]) -> float:
+        """The largest |coordinate| of ``values`` as this codec quantises it: rotated with ``rht``
+        (by a fixed rotation: any one gives the same spread), as is otherwise."""
+        flat = [_flat(v) for v in values.values()]
+        vec = np.concatenate(flat) if flat else np.zeros(0)
+        if self.rht_block is not None:
+            vec = self._rotate(vec, 0, forward=True)
+        return float(np.abs(vec).max(initial=0.0))
+
+    def _rotate(self, vec: np.ndarray, round_seed: int, *, forward: bool) -> np.ndarray:
+        """The round's shared rotation of the concatenated kept values (or its inverse): a seeded
+        permutation, which spreads every tensor over all chunks (a layer whose coordinates are
+        larger than the rest would otherwise keep them within its own chunks), then ``rht``'s
+        random signs and chunked Hadamard transform. Computed in float32 as ``rht`` is."""
+        from fedpress.codecs.rotate import rotate
+
+        n = vec.size
+        rng = np.random.default_rng([int(round_seed) & 0xFFFFFFFFFFFFFFFF, 0x0A7])
+        perm = rng.permutation(n)
+        signs = np.frombuffer(rng.bytes((n + 7) // 8), np.uint8)
+        if forward:
+            return rotate(vec.astype(np.float32)[perm], signs, self.rht_block, True).astype(np.float64)
+        out = np.empty(n, np.float64)
+        out[perm] = rotate(vec.astype(np.float32), signs, self.rht_block, False)
+        return out
 
     def error_bound(self) -> float:
         """Per-coordinate bound on |decoded − value| for a value inside [lo, hi] (before any randk
@@ -216,27 +263,34 @@ class SharedRangeCodec:
             norm = float(np.sqrt(sum(float(np.dot(x, x)) for x in xs.values())))
             if norm > clip:
                 xs = {k: x * (clip / norm) for k, x in xs.items()}
-        parts, new_res = [], {}
-        for t, (name, x) in enumerate(xs.items()):
-            idx = self._positions(x.size, t, round_seed)
-            kept = x if idx is None else x[idx]
+        picks = [self._positions(x.size, t, round_seed) for t, x in enumerate(xs.values())]
+        kept = [x if idx is None else x[idx] for x, idx in zip(xs.values(), picks, strict=True)]
+        sizes = [k.size for k in kept]
+        if self.rht_block is not None and sum(sizes):
+            kept = np.split(self._rotate(np.concatenate(kept), round_seed, forward=True), np.cumsum(sizes)[:-1])
+        parts, recs = [], []
+        for t, seg in enumerate(kept):
             u = None
             if self.rounding == "stochastic":
-                u = np.random.default_rng([int(client_seed) & 0xFFFFFFFFFFFFFFFF, t, 0x5EC]).random(
-                    kept.size
-                )
-            lev, rec = fixed_quantize(kept, self.bits, self.lo, self.hi, self.rounding, u)
+                u = np.random.default_rng([int(client_seed) & 0xFFFFFFFFFFFFFFFF, t, 0x5EC]).random(seg.size)
+            lev, rec = fixed_quantize(seg, self.bits, self.lo, self.hi, self.rounding, u)
             parts.append(lev)
-            if self.ef:
-                full = np.zeros_like(x)
-                gain = x.size / max(kept.size, 1) if self.rescale else 1.0
-                if idx is None:
-                    full[:] = rec * gain
-                else:
-                    full[idx] = rec * gain
-                new_res[name] = wanted[name] - full
+            recs.append(rec)
         codes = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
-        return codes, ({"residual": new_res} if self.ef else {})
+        if not self.ef:
+            return codes, {}
+        if self.rht_block is not None and sum(sizes):
+            recs = np.split(self._rotate(np.concatenate(recs), round_seed, forward=False), np.cumsum(sizes)[:-1])
+        new_res = {}
+        for (name, x), idx, rec in zip(xs.items(), picks, recs, strict=True):
+            full = np.zeros_like(x)
+            gain = x.size / max(rec.size, 1) if self.rescale else 1.0
+            if idx is None:
+                full[:] = rec * gain
+            else:
+                full[idx] = rec * gain
+            new_res[name] = wanted[name] - full
+        return codes, {"residual": new_res}
 
     def decode_sum(
         self, sum_codes: np.ndarray, n_clients: int, template: dict[str, Any], *, round_seed: int
@@ -251,13 +305,16 @@ class SharedRangeCodec:
             raise ValueError(
                 f"expected {self.vector_len(template)} summed codes, got shape {s.shape}"
             )
+        every = s.astype(np.float64) * self.scale + n_clients * self.lo
+        if self.rht_block is not None and every.size:
+            every = self._rotate(every, round_seed, forward=False)  # linear: the sum's inverse
         out, pos = {}, 0
         for t, (name, v) in enumerate(template.items()):
             shape = _shape(v)
             n = int(np.prod(shape, dtype=np.int64))
             idx = self._positions(n, t, round_seed)
             m = n if idx is None else idx.size
-            vals = s[pos : pos + m].astype(np.float64) * self.scale + n_clients * self.lo
+            vals = every[pos : pos + m]
             pos += m
             if self.rescale and m:
                 vals *= n / m

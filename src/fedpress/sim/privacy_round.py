@@ -210,9 +210,10 @@ class SecureRound:
 
 def next_shared_range(codec, mean: dict | None, *, clip: float | None, current: float) -> float:
     """The range of next round's shared scale (q under secure aggregation): 4x the largest
-    coordinate of this round's aggregate; under DP it stays the clip, so nothing is clamped."""
+    coordinate of this round's aggregate (as quantised: rotated with ``rht``); under DP it is set
+    from the clip instead (:meth:`~fedpress.privacy.codes.SharedRangeCodec.dp_range`)."""
     if codec.shared_scale and mean and not clip:
-        peak = max(float(v.abs().max()) for v in mean.values() if v.numel())
+        peak = codec.peak(mean)
         if peak > 0:
             return 4.0 * peak
     return current

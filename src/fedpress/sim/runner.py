@@ -427,11 +427,14 @@ class Simulation:
         (None with fewer than two of them, or without secure aggregation)."""
         if not self.secagg:
             return None
+        template = {k: tuple(st["G"][k].shape) for k in float_keys}
         if self._sa_codec.shared_scale:
-            self._sa_codec.set_range(st["secagg_range"])
+            # Under DP the range is set by the clip alone (never by data the server saw).
+            r = (self._sa_codec.dp_range(self.dp_clip, self._sa_codec.vector_len(template)) if self.dp_clip
+                 else st["secagg_range"])
+            self._sa_codec.set_range(r)
         if len(online) < 2:
             return None
-        template = {k: tuple(st["G"][k].shape) for k in float_keys}
         return SecureRound(self._sa_codec, online, template, threshold=self.secagg_threshold,
                            neighbors=self.secagg_neighbors, seed=derive_seed(self.seed, t, 31),
                            round_seed=derive_seed(self.seed, t, 33),
