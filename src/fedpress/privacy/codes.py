@@ -60,10 +60,11 @@ _REFUSE = {
 def secagg_compatible(spec: str) -> tuple[bool, str]:
     """Whether codes of codec ``spec`` can be summed under secure aggregation, and why (not).
 
-    Compatible: ``[ef+][randk:...+]fixed:bits=n,lo=a,hi=b[,rounding=...]`` (randk with positions
-    shared per round), and ``[ef+][randk:...+]q:bits=n`` *with a shared scale*: instead of per-block
-    ranges, every client quantises stochastically on one range [−R, R] that the server agrees for
-    the round (:meth:`SharedRangeCodec.set_range`). Everything else is refused with the reason.
+    Compatible: ``[ef+][randk:...+][rht+]fixed:bits=n,lo=a,hi=b[,rounding=...]`` (randk with
+    positions shared per round, rht with a rotation shared per round), and
+    ``[ef+][randk:...+][rht+]q:bits=n`` *with a shared scale*: instead of per-block ranges, every
+    client quantises stochastically on one range [−R, R] that the server agrees for the round
+    (:meth:`SharedRangeCodec.set_range`). Everything else is refused with the reason.
 
     >>> secagg_compatible("q:bits=8")
     (True, '8-bit stochastic codes on a range [-R, R] shared per round (q with a shared scale)')

@@ -13,6 +13,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class PrivacySettings:
@@ -150,8 +152,6 @@ class SecureRound:
                clip: float | None = None) -> tuple[bytes, Any]:
         """The client's masked codes (noisy under distributed DP), and its codec state for next
         time. ``clip``: the DP clip, applied to what is quantised (update + EF residual)."""
-        import numpy as np
-
         codes, state = self.codec.encode(update, round_seed=self.round_seed, client_seed=encode_seed,
                                          state=state, clip=clip)
         if self.noise is not None:
