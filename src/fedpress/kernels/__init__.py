@@ -21,8 +21,9 @@ True
 Routed (encode and decode): ``q`` (1-8 bits, minmax/absmax, deterministic and stochastic; not the
 ``target=`` search), ``fixed``, ``qsgd``, ``sign``, ``ternary``, ``topk`` (sampled threshold, then
 an exact fix-up to the k largest with ties to the lower index), ``fp16``/``bf16`` (bit
-manipulation, NaN payloads as NumPy keeps them) and the delta-varint index coding of the
-sparsifiers. Random draws (stochastic rounding's uniforms, random-k's positions) still come from
+manipulation, NaN payloads as NumPy keeps them), the delta-varint index coding of the
+sparsifiers and ``rht``'s chunked Walsh-Hadamard rotation (:mod:`fedpress.kernels._rht`; CPU only:
+a CUDA tensor is rotated on the host). Random draws (stochastic rounding's uniforms, random-k's positions) still come from
 NumPy's ``Generator`` seeded exactly as before, and are passed in: a kernel never has its own RNG.
 Also faster on both paths: the blob is assembled with one copy (fields are arrays, not ``bytes``),
 the reconstruction is skipped when only the blob is wanted (:func:`fedpress.compress`, non-EF
