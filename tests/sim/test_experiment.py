@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+from leaf_data import write_leaf_tree
 
 from fedpress.data import SCENARIOS
 from fedpress.sim.experiment import ConfigError, RunConfig, load_config, run_experiment
@@ -36,6 +37,9 @@ def _image_root(tmp_path):
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_every_scenario_runs_end_to_end(name, tmp_path):
     root = _image_root(tmp_path / "data") if name in ("mnist", "fashion-mnist", "cifar10") else None
+    if name in ("femnist", "shakespeare"):
+        root = tmp_path / "data"
+        write_leaf_tree(root, name)
     sc = SCENARIOS[name]
     clients = None if sc.partition == "natural" else 4
     cfg = RunConfig(scenario=name, codec="ef+topk:ratio=0.1+q:bits=8", rounds=2, clients=clients,
@@ -60,3 +64,18 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
     assert load_config(p, allow_compare=True)["codecs"] == ["none", "q:bits=8"]
     with pytest.raises(ConfigError, match="secagg"):
         RunConfig(codec="topk:ratio=0.1", secagg=True).check()
+
+
+@pytest.mark.parametrize("name", ["femnist", "healthcare"])
+def test_clients_caps_a_natural_partition(name, tmp_path):
+    root = None
+    if name == "femnist":
+        root = tmp_path / "data"
+        write_leaf_tree(root, name)
+    full, part_full = run_experiment(RunConfig(scenario=name, rounds=1, per_round=2,
+                                               data_root=str(root) if root else None), None)
+    assert len(part_full["sizes"]) > 3
+    _, part = run_experiment(RunConfig(scenario=name, rounds=1, per_round=2, clients=3,
+                                       data_root=str(root) if root else None), None)
+    # the first three natural clients, unchanged (not a re-split of the pooled data)
+    assert part["sizes"] == part_full["sizes"][:3]

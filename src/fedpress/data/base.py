@@ -144,15 +144,25 @@ class Scenario:
                 f"[1, clients={self.clients}]"
             )
 
-    def load(self, seed: int = 0, data_root: str | None = None) -> ScenarioData:
+    def load(self, seed: int = 0, data_root: str | None = None, *,
+             max_clients: int | None = None) -> ScenarioData:
         """Load (or generate) the data; deterministic given ``seed``.
 
-        ``data_root`` only matters for file-backed scenarios (mnist, fashion-mnist, cifar10);
-        built-in and synthetic ones ignore it.
+        ``data_root`` only matters for file-backed scenarios (mnist, fashion-mnist, cifar10,
+        femnist, shakespeare); built-in and synthetic ones ignore it. ``max_clients`` reaches
+        loaders that take it (LEAF's: only that many users are read into memory); the others load
+        everything and the caller keeps the first groups.
         """
         if self.loader is None:
             raise NotImplementedError(f"scenario {self.name!r} has no loader")
-        return self.loader(int(seed), data_root).validate()
+        kw = {}
+        if max_clients is not None:
+            import inspect
+
+            params = inspect.signature(self.loader).parameters
+            if "max_clients" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                kw["max_clients"] = int(max_clients)
+        return self.loader(int(seed), data_root, **kw).validate()
 
     def build_model(self, data: ScenarioData) -> torch.nn.Module:
         """Build this scenario's model with input size and class count taken from ``data``.

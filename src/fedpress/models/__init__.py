@@ -18,9 +18,10 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 
-__all__ = ["MODELS", "cnn", "count_params", "logreg", "make_model", "mlp"]
+__all__ = ["MODELS", "CharRNN", "char_rnn", "cnn", "count_params", "logreg", "make_model", "mlp"]
 
 
 def logreg(in_dim: int, n_classes: int) -> nn.Module:
@@ -104,14 +105,72 @@ def cnn(
     )
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"logreg": logreg, "mlp": mlp, "cnn": cnn}
+class CharRNN(nn.Module):
+    """Character model: embedding → one recurrent layer → linear head on the last position.
+
+    Input: ``(N, L)`` character indices, as float (ScenarioData keeps every input float32; the
+    indices are exact) or integer; output: ``(N, n_classes)`` logits for the next character.
+    """
+
+    def __init__(self, vocab_size: int, n_classes: int, embed_dim: int, hidden: int, cell: str):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        self.rnn = rnn(embed_dim, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idx = x.long() if x.is_floating_point() else x
+        out, _ = self.rnn(self.embed(idx))
+        # Only the last position is scored: LEAF's Shakespeare task predicts the one character
+        # after an 80-character window, so the earlier outputs have no target.
+        return self.head(out[:, -1])
+
+
+def char_rnn(
+    in_dim: int,
+    n_classes: int,
+    vocab_size: int | None = None,
+    embed_dim: int = 8,
+    hidden: int = 64,
+    cell: str = "lstm",
+) -> nn.Module:
+    """Small next-character model (LEAF Shakespeare): embedding 8 → LSTM/GRU → ``n_classes``.
+
+    ``in_dim`` is the sequence length (what :meth:`Scenario.build_model` passes as the input
+    size; the model itself accepts any length). ``vocab_size`` defaults to ``n_classes``: input
+    and output alphabets are the same in next-character prediction. LEAF's reference model is a
+    2-layer LSTM with 256 units (~820k parameters); one 64-unit layer (~25k) keeps a round on a
+    CPU in seconds and the update in the same size class as the ``cnn``.
+
+    >>> import torch
+    >>> m = char_rnn(80, 80)
+    >>> m(torch.randint(0, 80, (3, 80)).float()).shape, count_params(m)
+    (torch.Size([3, 80]), 24784)
+    >>> count_params(char_rnn(80, 80, cell="gru")) < count_params(m)
+    True
+    """
+    _check_positive(in_dim=in_dim, n_classes=n_classes, embed_dim=embed_dim, hidden=hidden)
+    vocab = n_classes if vocab_size is None else vocab_size
+    _check_positive(vocab_size=vocab)
+    if cell not in ("lstm", "gru"):
+        raise ValueError(f"char_rnn: cell must be 'lstm' or 'gru', got {cell!r}")
+    return CharRNN(vocab, n_classes, embed_dim, hidden, cell)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "logreg": logreg,
+    "mlp": mlp,
+    "cnn": cnn,
+    "char_rnn": char_rnn,
+}
 
 
 def make_model(name: str, **kw) -> nn.Module:
-    """Build a reference model by name (``"logreg"``, ``"mlp"`` or ``"cnn"``).
+    """Build a reference model by name (``"logreg"``, ``"mlp"``, ``"cnn"`` or ``"char_rnn"``).
 
     Keyword arguments go to the builder: ``in_dim``/``n_classes`` (+ ``hidden``) for
-    ``logreg``/``mlp``; ``in_channels``/``n_classes``/``image_size`` for ``cnn``.
+    ``logreg``/``mlp``/``char_rnn``; ``in_channels``/``n_classes``/``image_size`` for ``cnn``.
 
     >>> make_model("logreg", in_dim=4, n_classes=3)
     Sequential(
@@ -121,7 +180,7 @@ def make_model(name: str, **kw) -> nn.Module:
     >>> make_model("resnet152")
     Traceback (most recent call last):
     ...
-    ValueError: unknown model 'resnet152'; choose one of cnn, logreg, mlp
+    ValueError: unknown model 'resnet152'; choose one of char_rnn, cnn, logreg, mlp
     """
     builder = MODELS.get(str(name).lower())
     if builder is None:

@@ -146,7 +146,7 @@ class RunConfig:
 
 
 RUN_KEYS = {f.name: f for f in fields(RunConfig)}
-COMPARE_KEYS = {"codecs", "out", "jobs", "quiet"}
+COMPARE_KEYS = {"codecs", "out", "jobs", "quiet", "seeds"}  # seeds: compare --seeds N
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -192,6 +192,10 @@ def load_config(path: str | Path, *, allow_compare: bool = False) -> dict[str, A
             if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
                 raise ConfigError("config key 'codecs' must be a list of spec strings")
             out[k] = v
+        elif k == "seeds":
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"config key 'seeds' must be a positive integer, got {v!r}")
+            out[k] = v
         else:
             out[k] = v
     return out
@@ -210,13 +214,16 @@ def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress
     from fedpress.sim.runner import Simulation
 
     sc = get_scenario(cfg.scenario)
-    data = sc.load(seed=cfg.seed, data_root=cfg.data_root)
-    y = data.y_train.numpy()
     scheme = cfg.partition or sc.partition
+    # Under the natural partition --clients keeps the first N groups (LEAF: N users, the only ones
+    # read into memory); other partitions split the pooled data into --clients parts.
+    natural_cap = cfg.clients if scheme == "natural" else None
+    data = sc.load(seed=cfg.seed, data_root=cfg.data_root, max_clients=natural_cap)
+    y = data.y_train.numpy()
     if scheme == "natural":
         if data.groups is None:
             raise ConfigError(f"scenario {sc.name!r} has no natural client groups")
-        groups = sorted(set(data.groups.tolist()))
+        groups = sorted(set(data.groups.tolist()))[:natural_cap]
         parts = [(data.groups == g).nonzero()[0] for g in groups]
     else:
         parts = partition(y, cfg.clients or sc.clients, scheme, alpha=cfg.alpha or sc.alpha, seed=cfg.seed)
