@@ -1,9 +1,12 @@
+import csv
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from fedpress.cli import _register_subcommands, app
+from fedpress.report.tables import RESULT_COLUMNS
 
 _register_subcommands()
 runner = CliRunner()
@@ -23,12 +26,16 @@ def test_run_writes_contract_files(tmp_path):
     assert "ef+topk:ratio=0.05+q:bits=8" in (tmp_path / "report.html").read_text()
 
 
-def test_compare_writes_report(tmp_path):
+@pytest.mark.parametrize("seeds", [[], ["--seeds", "1"]])
+def test_compare_writes_report(tmp_path, seeds):
     r = runner.invoke(app, ["compare", *TINY, "--codec", "none", "--codec", "q:bits=4", "--out", str(tmp_path),
-                            "--quiet", "--target", "0.3"])
+                            "--quiet", "--target", "0.3", *seeds])
     assert r.exit_code == 0, r.output
     for name in ("results.csv", "results.json", "accuracy_vs_bytes.png", "report.html"):
         assert (tmp_path / name).exists(), name
+    # One seed (the default) is the one-row-per-run report it always was.
+    assert next(csv.reader((tmp_path / "results.csv").open())) == list(RESULT_COLUMNS)
+    assert not (tmp_path / "runs.csv").exists() and (tmp_path / "runs" / "q_bits=4" / "summary.json").exists()
     res = json.loads((tmp_path / "results.json").read_text())
     rows = res["rows"] if isinstance(res, dict) else res
     by = {row["codec"]: row for row in rows}
@@ -91,7 +98,7 @@ SHARED_FLAGS = {
     "--target-epsilon", "--wait-full-deadline", "--workers", "-c", "-o", "-q", "-s",
 }
 RUN_FLAGS = SHARED_FLAGS | {"--checkpoint-every", "--per-client-eval", "--no-per-client-eval", "--resume"}
-COMPARE_FLAGS = SHARED_FLAGS | {"--jobs", "-j"}
+COMPARE_FLAGS = SHARED_FLAGS | {"--jobs", "-j", "--seeds"}
 
 
 def _params(name):

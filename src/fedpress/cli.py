@@ -255,14 +255,26 @@ def run_cmd(
 def compare_cmd(
     codec: Annotated[list[str] | None, Opt("--codec", "-c", help="codec spec; repeat for each codec")] = None,
     jobs: Annotated[int | None, Opt("--jobs", "-j", help="run codecs in N parallel processes")] = None,
+    seeds: Annotated[int | None, Opt("--seeds", help="run every codec with seeds SEED, SEED+1, ..., SEED+N-1 "
+                                     "(the same for every codec: paired) and report mean ± std over them "
+                                     "(default 1)")] = None,
     out: Annotated[Path | None, Opt("--out", "-o", help="output folder")] = None,
     **opts,
 ) -> None:
-    """Run several codecs on one scenario; writes results.csv/json, plots and report.html."""
+    """Run several codecs on one scenario; writes results.csv/json, plots and report.html.
+
+    With --seeds N > 1 each codec runs once per seed: results.csv has one row per codec (mean, std,
+    min and max over the seeds, and the per-seed paired difference to the first codec), runs.csv one
+    row per run, and the plots a mean line with a min-max band per codec.
+    """
     config, quiet, json_out = opts.pop("config"), opts.pop("quiet"), opts.pop("json_out")
     cfg, extra = _merge(config, True, _cli_options({**opts, "codec": codec}))
     from fedpress.codecs import Codec, SpecError
     from fedpress.sim.experiment import RunFailed
+
+    seeds = seeds if seeds is not None else extra.get("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        _fail(f"--seeds must be a positive integer (runs per codec), got {seeds!r}")
 
     specs = codec or extra.get("codecs") or list(DEFAULT_CODECS)
     try:
@@ -275,7 +287,7 @@ def compare_cmd(
     jobs = jobs or int(extra.get("jobs", 1))
     quiet = quiet or bool(extra.get("quiet", False))
     try:
-        runs, part = compare(cfg, specs, out, jobs=jobs, quiet=quiet)
+        runs, part = compare(cfg, specs, out, jobs=jobs, quiet=quiet, seeds=seeds)
     except RunFailed as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2 if e.user_error else 1) from None
@@ -284,6 +296,18 @@ def compare_cmd(
 
     from fedpress.report.tables import results_table, rich_table
 
+    if seeds > 1:
+        from fedpress.report.seeds import seed_columns, seeds_note, seeds_table
+        from fedpress.report.tables import to_jsonable
+
+        rows = seeds_table(runs, target=cfg.target)
+        if json_out:
+            sys.stdout.write(json.dumps(to_jsonable(rows)) + "\n")
+        if not quiet:
+            _console(False).print(rich_table(
+                rows, title=f"{cfg.scenario}: {len(specs)} codecs × {seeds} seeds → {out}/report.html",
+                columns=seed_columns(rows), note=seeds_note(rows)))
+        return
     if json_out:
         sys.stdout.write(json.dumps(results_table(runs, target=cfg.target), default=str) + "\n")
     if not quiet:
@@ -298,13 +322,29 @@ DEFAULT_CODECS = (
 
 
 def compare(cfg, specs: list[str], out: Path, *, jobs: int = 1, quiet: bool = False, on_round=None,
-            mp_context=None):
-    """Run ``cfg`` once per codec spec (optionally in parallel processes) and write the report.
+            mp_context=None, seeds: int = 1):
+    """Run ``cfg`` once per codec spec and seed (optionally in parallel processes); write the report.
+
+    ``seeds``: every codec runs with ``cfg.seed, cfg.seed + 1, ..., cfg.seed + seeds - 1``, the
+    same seeds for every codec, so that seed ``s`` gives each codec the same partition, links and
+    client sampling and the report can compare codecs seed by seed. With ``seeds > 1`` runs go to
+    ``out/runs/<codec>/seed<s>/`` (else ``out/runs/<codec>/``, as before) and the report
+    aggregates over the seeds (:func:`fedpress.report.write_report` with ``over_seeds``).
+    Returns ``(runs, partition)``: the runs codec by codec, seed by seed within a codec, and the
+    partition summary of the first run.
 
     ``on_round(index, row)`` is called in this process after every round of every run (row: round,
-    metric, cum_uplink_bytes), with ``jobs > 1`` too. With ``jobs > 1`` a failing run lets the
-    others finish, then raises one :class:`~fedpress.sim.experiment.RunFailed` naming it.
+    metric, cum_uplink_bytes; ``index`` counts runs in that order: ``codec_index * seeds +
+    seed_index``), with ``jobs > 1`` too. With ``jobs > 1`` a failing run lets the others finish,
+    then raises one :class:`~fedpress.sim.experiment.RunFailed` naming it.
     ``mp_context``: the start method of the pool ('fork', 'spawn'; default: the platform's).
+
+    >>> import tempfile
+    >>> from fedpress.sim.experiment import RunConfig
+    >>> cfg = RunConfig(scenario="digits", rounds=1, clients=4, per_round=2, seed=7)
+    >>> runs, _ = compare(cfg, ["none", "q:bits=8"], Path(tempfile.mkdtemp()), quiet=True, seeds=2)
+    >>> [(r["summary"]["codec"], r["summary"]["seed"]) for r in runs]
+    [('none', 7), ('none', 8), ('q:bits=8', 7), ('q:bits=8', 8)]
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -312,19 +352,28 @@ def compare(cfg, specs: list[str], out: Path, *, jobs: int = 1, quiet: bool = Fa
     from fedpress.report.html import write_report
     from fedpress.sim.experiment import _run_one, run_pool, slug
 
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
     out.mkdir(parents=True, exist_ok=True)
-    jobs_list = [(dataclasses.replace(cfg, codec=s), out / "runs" / slug(s)) for s in specs]
+    seed_list = [cfg.seed + k for k in range(seeds)]
+    # One seed keeps today's layout (runs/<codec>/) and names, so scripts reading them still work.
+    jobs_list = [(dataclasses.replace(cfg, codec=s, seed=k),
+                  out / "runs" / slug(s) / f"seed{k}" if seeds > 1 else out / "runs" / slug(s))
+                 for s in specs for k in seed_list]
+    names = [s if seeds == 1 else f"{s} · seed {k}" for s in specs for k in seed_list]
+    labels = [repr(s) if seeds == 1 else f"{s!r} (seed {k})" for s in specs for k in seed_list]
     total_rounds = cfg.rounds or get_scenario(cfg.scenario).rounds
-    results: dict[str, tuple] = {}
+    results: list = [None] * len(jobs_list)
     console = _console(quiet)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
                   disable=quiet) as prog:
-        task = prog.add_task(f"{cfg.scenario}: codecs", total=len(jobs_list), info="")
+        what = "codecs" if seeds == 1 else f"{len(specs)} codecs × {seeds} seeds"
+        task = prog.add_task(f"{cfg.scenario}: {what}", total=len(jobs_list), info="")
         if jobs > 1:
             # One bar per run, fed by the rounds the workers send back; a bar's clock starts when a
             # worker takes its run up (again, if a crashed pool makes it rerun).
-            bars = [prog.add_task(f"  {s}", total=total_rounds, info="queued", start=False) for s in specs]
+            bars = [prog.add_task(f"  {n}", total=total_rounds, info="queued", start=False) for n in names]
             last: dict[int, str] = {}
 
             def show_start(i):
@@ -340,20 +389,20 @@ def compare(cfg, specs: list[str], out: Path, *, jobs: int = 1, quiet: bool = Fa
             def show_done(i, error):
                 prog.update(bars[i], info="[red]failed" if error else f"{last.get(i, '')} ✓".strip())
                 prog.stop_task(bars[i])
-                prog.update(task, advance=1, info=specs[i])
+                prog.update(task, advance=1, info=names[i])
 
             def show_log(i, text):
-                prog.console.print(f"{specs[i]}: {text}", markup=False, highlight=False)
+                prog.console.print(f"{names[i]}: {text}", markup=False, highlight=False)
 
             outcomes = run_pool(jobs_list, jobs, on_round=None if quiet and on_round is None else show_round,
                                 on_start=show_start, on_log=None if quiet else show_log, on_done=show_done,
                                 mp_context=mp_context)
-            _raise_failures(specs, jobs_list, outcomes)
-            results = dict(zip(specs, outcomes, strict=True))
+            _raise_failures(labels, jobs_list, outcomes)
+            results = outcomes
         else:
             rtask = prog.add_task("  rounds", total=total_rounds, info="")
             for i, j in enumerate(jobs_list):
-                prog.update(task, info=j[0].codec)
+                prog.update(task, info=names[i])
                 prog.reset(rtask)
 
                 def on_row(row, i=i, rtask=rtask):
@@ -361,37 +410,40 @@ def compare(cfg, specs: list[str], out: Path, *, jobs: int = 1, quiet: bool = Fa
                     if on_round is not None:
                         on_round(i, row)
 
-                results[j[0].codec] = _run_one(j, on_row)
+                results[i] = _run_one(j, on_row)
                 prog.advance(task)
-    runs = [results[s][0] for s in specs]
-    part = results[specs[0]][1]
+    runs = [r[0] for r in results]
+    part = results[0][1]
     config = {**dataclasses.asdict(cfg), "codecs": specs}
     config.pop("codec", None)
-    write_report(out, runs, config=config, partition=part, target=cfg.target)
+    if seeds > 1:
+        config["seeds"] = seeds  # with "seed", the first: the config reruns as TOML
+    write_report(out, runs, config=config, partition=part, target=cfg.target, over_seeds=seeds > 1)
     return runs, part
 
 
-def _raise_failures(specs, jobs_list, outcomes) -> None:
-    """One error for the failed runs of a parallel compare: the first names its codec and counts the
-    rest; a crash (not a user error) leaves its traceback in that run's folder, not on the screen."""
+def _raise_failures(labels, jobs_list, outcomes) -> None:
+    """One error for the failed runs of a parallel compare: the first names its codec (``labels``:
+    ``'spec'`` or ``'spec' (seed S)``) and counts the rest; a crash (not a user error) leaves its
+    traceback in that run's folder, not on the screen."""
     import traceback
 
     from fedpress.sim.experiment import RunFailed
 
-    failed = [(s, j[1], o) for s, j, o in zip(specs, jobs_list, outcomes, strict=True)
+    failed = [(s, j[1], o) for s, j, o in zip(labels, jobs_list, outcomes, strict=True)
               if isinstance(o, BaseException)]
     if not failed:
         return
-    spec, run_dir, e = failed[0]
+    label, run_dir, e = failed[0]
     user = isinstance(e, _user_errors()) and not isinstance(e, RunFailed)
-    msg = f"codec {spec!r}: {e}"
+    msg = f"codec {label}: {e}"
     if not user and not isinstance(e, RunFailed):  # a bug: keep its (remote) traceback
-        msg = f"codec {spec!r}: {type(e).__name__}: {e}"
+        msg = f"codec {label}: {type(e).__name__}: {e}"
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text("".join(traceback.format_exception(e)))
         msg += f" (traceback in {run_dir / 'error.txt'})"
     if len(failed) > 1:
-        msg += f"; {len(failed) - 1} more run(s) failed: {', '.join(repr(f[0]) for f in failed[1:])}"
+        msg += f"; {len(failed) - 1} more run(s) failed: {', '.join(f[0] for f in failed[1:])}"
     err = RunFailed(msg)
     err.user_error = user
     raise err

@@ -28,11 +28,21 @@ from fedpress.report.plots import (
     plot_metric_vs_time,
     plot_partition,
 )
+from fedpress.report.seeds import (
+    RUN_DISPLAY_COLUMNS,
+    paired_comparison,
+    per_run_table,
+    seed_columns,
+    seeds_note,
+    seeds_of,
+    seeds_table,
+)
 from fedpress.report.tables import (
     DISPLAY_COLUMNS,
     codec_usage,
     display_rows,
     format_bytes,
+    higher_is_better,
     results_table,
     to_jsonable,
     write_csv,
@@ -46,6 +56,7 @@ Run = Mapping[str, Any]
 # File names are part of the CLI contract (`fedpress compare` writes these into --out).
 FILES = {
     "csv": "results.csv",
+    "runs_csv": "runs.csv",  # only over several seeds: one row per run (codec × seed)
     "json": "results.json",
     "accuracy_vs_bytes": "accuracy_vs_bytes.png",
     "metric_vs_round": "metric_vs_round.png",
@@ -156,24 +167,63 @@ def _kv_table(d: Mapping[str, Any], css_class: str = "kv") -> str:
     return f"<div class='scroll'><table class='{_e(css_class)}'><tbody>{rows}</tbody></table></div>"
 
 
-def _results_html(rows: Sequence[Mapping[str, Any]]) -> str:
-    headers, cells = display_rows(rows)
+def _results_html(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[tuple[Any, str, Any, bool]] = DISPLAY_COLUMNS,
+    table_id: str = "results",
+) -> str:
+    headers, cells = display_rows(rows, columns)
     head = "".join(f"<th scope='col'>{_e(h)}</th>" for h in headers)
     body = []
     for row in cells:
         tds = []
-        for (key, _, _, right), c in zip(DISPLAY_COLUMNS, row, strict=True):
+        for (key, _, _, right), c in zip(columns, row, strict=True):
             if right:
                 tds.append(f"<td class='num'>{_e(c)}</td>")
-            elif "codec" in key:
+            elif key is not None and "codec" in key:
                 # Specs have no spaces; <wbr> after each '+' lets a long pipeline wrap by stage.
                 tds.append(f"<td class='code'>{_e(c).replace('+', '+<wbr>')}</td>")
             else:
                 tds.append(f"<td>{_e(c)}</td>")
         body.append(f"<tr>{''.join(tds)}</tr>")
     return (
-        "<div class='scroll'><table class='results' id='results'>"
+        f"<div class='scroll'><table class='results' id='{_e(table_id)}'>"
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _paired_html(paired: Sequence[Mapping[str, Any]]) -> str:
+    """Each codec against the baseline, seed by seed (:func:`fedpress.report.seeds.paired_comparison`)."""
+    if not paired:
+        return ""
+    higher = higher_is_better(paired[0].get("metric_name"))
+    base = paired[0].get("baseline")
+
+    def num(x: Any, fmt: str = "+.4f") -> str:
+        return "—" if x is None else format(x, fmt)
+
+    body = []
+    for p in paired:
+        spread = f"{num(p['delta_final_min'])} … {num(p['delta_final_max'])}"
+        std = f" ± {num(p['delta_final_std'], '.4f')}" if p.get("delta_final_std") is not None else ""
+        seeds = ", ".join(f"{q['seed']}: {q['delta']:+.4f}" for q in p["per_seed"])
+        spec = _e(p["codec"]).replace("+", "+<wbr>")
+        body.append(
+            f"<tr><td class='code'>{spec}</td><td class='num'>{_e(num(p['delta_final_mean']) + std)}</td>"
+            f"<td class='num'>{_e(spread)}</td>"
+            f"<td class='num'>{_e(p['seeds_not_worse'])}/{_e(p['paired_seeds'])}</td>"
+            f"<td class='code'>{_e(seeds)}</td></tr>"
+        )
+    cmp_ = "≥" if higher else "≤"
+    return (
+        "<h2>Paired comparison</h2>"
+        f"<p class='meta'>the final metric of each codec minus that of the {_e(base)} run with the "
+        "same seed (same partition, links and client sampling), then mean ± sample std over the seeds; "
+        f"“{cmp_} {_e(base)}”: in how many seeds the codec was at least as good.</p>"
+        "<div class='scroll'><table class='results' id='paired'><thead><tr>"
+        f"<th scope='col'>codec</th><th scope='col'>Δ final vs {_e(base)}</th>"
+        f"<th scope='col'>Δ min … max</th><th scope='col'>seeds {cmp_} {_e(base)}</th>"
+        f"<th scope='col'>Δ per seed</th></tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
@@ -251,11 +301,15 @@ def render_html(
     partition: Mapping[str, Any] | None = None,
     partition_image: bytes | Path | None = None,
     title: str | None = None,
+    run_rows: Sequence[Mapping[str, Any]] | None = None,
+    paired: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """The report as one HTML string (see :func:`write_report`, which supplies the images).
 
     ``images`` maps ``accuracy_vs_bytes`` / ``metric_vs_round`` / ``metric_vs_time`` to PNG bytes
-    or paths; missing ones are left out.
+    or paths; missing ones are left out. Over several seeds ``rows`` are the aggregated rows of
+    :func:`fedpress.report.seeds.seeds_table`, ``run_rows`` the per-run rows and ``paired`` the
+    paired comparison; the page then says how many seeds and what the spread is.
 
     >>> page = render_html([{"codec": "<b>x</b>"}], [], images={}, title="t & t")
     >>> "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page and "t &amp; t" in page
@@ -268,7 +322,13 @@ def render_html(
         title = "fedpress report" + (f" — {', '.join(scenarios)}" if scenarios else "")
     targets = sorted({r["target"] for r in rows if r.get("target") is not None})
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    meta = [f"generated {now}", f"{len(rows)} run(s)"]
+    over_seeds = run_rows is not None
+    seeds = seeds_of(runs) if over_seeds else []
+    meta = [f"generated {now}"]
+    if over_seeds:
+        meta.append(f"{len(rows)} codec(s) × {len(seeds)} seeds ({', '.join(map(str, seeds))})")
+    else:
+        meta.append(f"{len(rows)} run(s)")
     if metrics:
         meta.append("metric: " + ", ".join(metrics))
     if targets:
@@ -282,6 +342,10 @@ def render_html(
         "metric_vs_round": "metric vs round",
         "metric_vs_time": "metric vs simulated time (network and compute)",
     }
+    if over_seeds:
+        band = (f"; lines: mean over {len(seeds)} seeds, shaded: min–max across seeds, "
+                "points aligned by round")
+        captions = {k: v + band for k, v in captions.items()}
     figs = []
     for key, caption in captions.items():
         if key in images:
@@ -291,14 +355,26 @@ def render_html(
             )
     part_html = _partition_html(partition, partition_image)
 
+    if over_seeds:
+        results_html = (_results_html(rows, seed_columns(rows))
+                        + f"<p class='meta'>{_e(seeds_note(rows))}.</p>")
+        ratio_note = " with the same seed, then averaged"
+        seeds_html = (f"\n{_paired_html(paired or [])}\n<details><summary>every run "
+                      f"({len(run_rows)}: codec × seed, as in runs.csv)</summary>"
+                      f"{_results_html(run_rows, RUN_DISPLAY_COLUMNS, table_id='runs')}</details>")
+        if partition:
+            part_html = (f"<p class='meta'>the partition of seed {_e(seeds[0])}; each seed "
+                         "partitions the data anew, the same way for every codec.</p>" + part_html)
+    else:
+        results_html, ratio_note, seeds_html = _results_html(rows), "", ""
     summaries_json = json.dumps(to_jsonable(summaries), indent=2)
     body = f"""
 <h1>{_e(title)}</h1>
 <p class="meta">{_e(" · ".join(meta))}</p>
 <h2>Results</h2>
-{_results_html(rows)}
+{results_html}
 <p class="meta">uplink ratio = uplink bytes of the uncompressed run (codec "none") ÷ this run's
-uplink bytes. All byte counts are lengths of bytes actually produced.</p>
+uplink bytes{ratio_note}. All byte counts are lengths of bytes actually produced.</p>{seeds_html}
 <h2>Plots</h2>
 <div class="plots">
 {"".join(figs) if figs else "<p class='meta'>(no plots)</p>"}
@@ -332,6 +408,7 @@ def write_report(
     partition: Mapping[str, Any] | None = None,
     target: float | None = None,
     title: str | None = None,
+    over_seeds: bool = False,
 ) -> dict[str, Path]:
     """Write the full comparison report into ``out_dir`` and return ``{name: path}``.
 
@@ -340,6 +417,13 @@ def write_report(
     ``metric_vs_time.png``, ``partition.png`` (only with label counts) and ``report.html``.
     Keys: ``csv json accuracy_vs_bytes metric_vs_round metric_vs_time [partition] html``.
     ``environment`` defaults to :func:`environment_info`.
+
+    ``over_seeds``: ``runs`` hold every codec with several seeds (``compare --seeds N``).
+    ``results.csv`` then has one row per codec with ``KEY_mean/_std/_min/_max`` columns and the
+    paired comparison against the first codec (:func:`fedpress.report.seeds.seeds_table`), a new
+    ``runs.csv`` has one row per run (key ``runs_csv``), ``results.json`` adds ``seeds``, ``runs``
+    (those rows) and ``paired`` (with the per-seed differences), and the plots draw one mean line
+    per codec with a min–max band.
 
     >>> import tempfile
     >>> run = {"summary": {"scenario": "digits", "codec": "none", "metric_name": "accuracy",
@@ -351,16 +435,39 @@ def write_report(
     ['accuracy_vs_bytes', 'csv', 'html', 'json', 'metric_vs_round', 'metric_vs_time']
     >>> all(p.exists() for p in paths.values())
     True
+    >>> runs = [{"summary": {"scenario": "digits", "codec": c, "seed": s, "metric_name": "accuracy",
+    ...                      "total_uplink_bytes": 4096 // (1 + i), "final_metric": 0.9 - 0.01 * s},
+    ...          "history": [{"round": 1, "metric": 0.9 - 0.01 * s, "cum_uplink_bytes": 4096 // (1 + i),
+    ...                       "sim_seconds": 1.0}]}
+    ...         for i, c in enumerate(("none", "q:bits=8")) for s in (0, 1)]
+    >>> paths = write_report(tempfile.mkdtemp(), runs, config={}, over_seeds=True)
+    >>> sorted(paths)[:4], "2 seeds" in paths["html"].read_text()
+    (['accuracy_vs_bytes', 'csv', 'html', 'json'], True)
+    >>> len(paths["runs_csv"].read_text().splitlines()), len(paths["csv"].read_text().splitlines())
+    (5, 3)
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(environment) if environment is not None else environment_info()
-    rows = results_table(runs, target=target)
     paths: dict[str, Path] = {}
-    paths["csv"] = write_csv(rows, out / FILES["csv"])
+    extra: dict[str, Any] = {}
+    run_rows = paired = None
+    if over_seeds:
+        rows = seeds_table(runs, target=target)
+        run_rows = per_run_table(runs, target=target)
+        paired = paired_comparison(runs, target=target)
+        # per_seed (lists) stays in results.json: the CSV has one flat row per codec, runs.csv the rest.
+        paths["csv"] = write_csv([{k: v for k, v in r.items() if k != "per_seed"} for r in rows],
+                                 out / FILES["csv"])
+        paths["runs_csv"] = write_csv(run_rows, out / FILES["runs_csv"])
+        extra = {"seeds": seeds_of(runs), "runs": run_rows, "paired": paired}
+    else:
+        rows = results_table(runs, target=target)
+        paths["csv"] = write_csv(rows, out / FILES["csv"])
     paths["json"] = write_json(
         {
             "rows": rows,
+            **extra,
             "target": target,
             "config": config,
             "environment": env,
@@ -376,12 +483,14 @@ def write_report(
         own = {row["target"] for row in rows if row.get("target") is not None}
         tgt = own.pop() if len(own) == 1 else None
     paths["accuracy_vs_bytes"] = plot_metric_vs_bytes(
-        runs, out / FILES["accuracy_vs_bytes"], target=tgt
+        runs, out / FILES["accuracy_vs_bytes"], target=tgt, over_seeds=over_seeds
     )
     paths["metric_vs_round"] = plot_metric_vs_round(
-        runs, out / FILES["metric_vs_round"], target=tgt
+        runs, out / FILES["metric_vs_round"], target=tgt, over_seeds=over_seeds
     )
-    paths["metric_vs_time"] = plot_metric_vs_time(runs, out / FILES["metric_vs_time"], target=tgt)
+    paths["metric_vs_time"] = plot_metric_vs_time(
+        runs, out / FILES["metric_vs_time"], target=tgt, over_seeds=over_seeds
+    )
     heat = plot_partition(partition, out / FILES["partition"])
     if heat is not None:
         paths["partition"] = heat
@@ -394,6 +503,8 @@ def write_report(
         partition=partition,
         partition_image=heat,
         title=title,
+        run_rows=run_rows,
+        paired=paired,
     )
     paths["html"] = out / FILES["html"]
     paths["html"].write_text(page, encoding="utf-8")

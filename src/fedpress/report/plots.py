@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedpress.report.seeds import group_runs, seeds_of
 from fedpress.report.tables import _finite, higher_is_better, run_names
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "plot_metric_vs_time",
     "plot_partition",
     "run_labels",
+    "seed_band",
 ]
 
 Run = Mapping[str, Any]
@@ -77,6 +79,57 @@ def _series(run: Run, xkey: str, *, positive_x: bool = False) -> tuple[list[floa
     return xs, ys
 
 
+def seed_band(
+    runs: Sequence[Run], xkey: str, *, positive_x: bool = False
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Mean line and min–max band over the runs of one codec with different seeds.
+
+    Points are aligned **by round**, not interpolated. Its x is the mean over the seeds of that
+    round's x (cumulative uplink bytes, simulated seconds, or the round itself), its y the mean
+    metric and the band the lowest and highest metric of that round. Seeds do send different bytes
+    per round (which clients are sampled and online, and data-dependent sizes such as entropy
+    coding or sparse formats, change with the seed), so the alternative would be to interpolate
+    each seed onto a common byte grid. That would average metric values no evaluation produced,
+    and only over the byte range every seed covers, cutting each curve at the shortest seed's
+    bytes. By round, every seed evaluates the same rounds: each point averages real measurements,
+    the curve keeps its full length, and the spread in bytes is left to the table (``± %``).
+    Rounds missing a finite value in any seed are left out, so every point averages the same seeds.
+
+    Returns ``(x, mean, low, high)``.
+
+    >>> runs = [{"history": [{"round": 1, "metric": 0.5, "cum_uplink_bytes": 100},
+    ...                      {"round": 2, "metric": 0.7, "cum_uplink_bytes": 220}]},
+    ...         {"history": [{"round": 1, "metric": 0.3, "cum_uplink_bytes": 100},
+    ...                      {"round": 2, "metric": 0.9, "cum_uplink_bytes": 180}]}]
+    >>> x, mean, lo, hi = seed_band(runs, "cum_uplink_bytes")
+    >>> x, [round(m, 2) for m in mean], lo, hi
+    ([100.0, 200.0], [0.4, 0.8], [0.3, 0.7], [0.5, 0.9])
+    """
+    per_run: list[dict[float, tuple[float, float]]] = []
+    for run in runs:
+        points: dict[float, tuple[float, float]] = {}
+        for i, row in enumerate(run.get("history") or []):
+            rnd = _finite(row.get("round", i + 1))
+            x = rnd if xkey == "round" else _finite(row.get(xkey))
+            y = _finite(row.get("metric"))
+            if rnd is None or x is None or y is None or (positive_x and x <= 0):
+                continue
+            points[rnd] = (x, y)
+        per_run.append(points)
+    if not per_run:
+        return [], [], [], []
+    common = sorted(set.intersection(*(set(p) for p in per_run)))
+    xs, mean, lo, hi = [], [], [], []
+    for rnd in common:
+        px = [p[rnd][0] for p in per_run]
+        py = [p[rnd][1] for p in per_run]
+        xs.append(sum(px) / len(px))
+        mean.append(sum(py) / len(py))
+        lo.append(min(py))
+        hi.append(max(py))
+    return xs, mean, lo, hi
+
+
 def _metric_name(runs: Sequence[Run]) -> str:
     names = []
     for r in runs:
@@ -115,8 +168,10 @@ def _metric_plot(
     title: str,
     log_x: bool = False,
     target: float | None = None,
+    over_seeds: bool = False,
 ) -> Path:
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
     from matplotlib.ticker import FuncFormatter
 
     path = Path(path)
@@ -125,11 +180,17 @@ def _metric_plot(
     ax = fig.add_subplot()
     metric = _metric_name(runs)
     plotted = 0
-    for i, (run, label) in enumerate(zip(runs, run_labels(runs), strict=True)):
-        xs, ys = _series(run, xkey, positive_x=log_x)
+    # Over seeds: one mean line and a min–max band per codec (seed_band says how points align).
+    groups = group_runs(runs) if over_seeds else [[r] for r in runs]
+    firsts = [g[0] for g in groups]
+    for i, (group, label) in enumerate(zip(groups, run_labels(firsts), strict=True)):
+        if over_seeds:
+            xs, ys, lo, hi = seed_band(group, xkey, positive_x=log_x)
+        else:
+            xs, ys = _series(group[0], xkey, positive_x=log_x)
         if not xs:
             continue
-        codec = str((run.get("summary") or {}).get("codec", "")).strip().lower()
+        codec = str((group[0].get("summary") or {}).get("codec", "")).strip().lower()
         # The uncompressed baseline is drawn black and dashed so every other line reads against it.
         style: dict[str, Any] = (
             {"color": "black", "linestyle": "--"} if codec == "none" else {"color": f"C{i % 10}"}
@@ -143,6 +204,8 @@ def _metric_plot(
             markersize=3.5,
             **style,
         )
+        if over_seeds and len(group) > 1:
+            ax.fill_between(xs, lo, hi, color=style["color"], alpha=0.15, linewidth=0)
         plotted += 1
     if target is not None and plotted:
         ax.axhline(target, color="grey", linewidth=1.0, linestyle=":", label=f"target {target:g}")
@@ -153,21 +216,30 @@ def _metric_plot(
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, fontsize=14)
     ax.set_xlabel(xlabel, fontsize=11)
     ax.set_ylabel(metric, fontsize=11)
-    ax.set_title(f"{title.format(metric=metric)}{_scenario_title(runs)}", fontsize=12)
+    n_seeds = len(seeds_of(runs)) if over_seeds else 1
+    seeds_title = f" (mean of {n_seeds} seeds)" if n_seeds > 1 else ""
+    ax.set_title(f"{title.format(metric=metric)}{_scenario_title(runs)}{seeds_title}", fontsize=12)
     ax.grid(True, which="major", alpha=0.4)
     if log_x:
         ax.grid(True, which="minor", alpha=0.15)
     if plotted:
         loc = "lower right" if higher_is_better(metric) else "upper right"
-        ax.legend(loc=loc, fontsize=9, framealpha=0.9)
+        handles, labels = ax.get_legend_handles_labels()
+        if n_seeds > 1:  # the legend says what the shading is
+            handles.append(Patch(color="grey", alpha=0.3, linewidth=0))
+            labels.append(f"shaded: min–max over {n_seeds} seeds")
+        ax.legend(handles, labels, loc=loc, fontsize=9, framealpha=0.9)
     fig.savefig(path, format="png")
     return path
 
 
 def plot_metric_vs_bytes(
-    runs: Sequence[Run], path: str | Path, *, target: float | None = None
+    runs: Sequence[Run], path: str | Path, *, target: float | None = None, over_seeds: bool = False
 ) -> Path:
     """Metric against cumulative uplink bytes (log x axis), one line per run; the headline plot.
+
+    ``over_seeds``: one line per codec, the mean over its seeds, with a shaded min–max band
+    (:func:`seed_band`: points aligned by round).
 
     >>> import tempfile, pathlib
     >>> run = {"summary": {"codec": "none", "metric_name": "accuracy"},
@@ -185,13 +257,14 @@ def plot_metric_vs_bytes(
         title="{metric} vs uplink bytes",
         log_x=True,
         target=target,
+        over_seeds=over_seeds,
     )
 
 
 def plot_metric_vs_round(
-    runs: Sequence[Run], path: str | Path, *, target: float | None = None
+    runs: Sequence[Run], path: str | Path, *, target: float | None = None, over_seeds: bool = False
 ) -> Path:
-    """Metric against FL round, one line per run.
+    """Metric against FL round, one line per run (``over_seeds``: per codec, mean and min–max band).
 
     >>> import tempfile, pathlib
     >>> run = {"summary": {"codec": "q"}, "history": [{"round": 1, "metric": 0.4}]}
@@ -199,14 +272,21 @@ def plot_metric_vs_round(
     True
     """
     return _metric_plot(
-        runs, path, xkey="round", xlabel="round", title="{metric} vs round", target=target
+        runs,
+        path,
+        xkey="round",
+        xlabel="round",
+        title="{metric} vs round",
+        target=target,
+        over_seeds=over_seeds,
     )
 
 
 def plot_metric_vs_time(
-    runs: Sequence[Run], path: str | Path, *, target: float | None = None
+    runs: Sequence[Run], path: str | Path, *, target: float | None = None, over_seeds: bool = False
 ) -> Path:
-    """Metric against cumulative simulated seconds (network + compute), one line per run.
+    """Metric against cumulative simulated seconds (network + compute), one line per run
+    (``over_seeds``: per codec, mean and min–max band, aligned by round).
 
     >>> import tempfile, pathlib
     >>> run = {"summary": {"codec": "q"},
@@ -221,6 +301,7 @@ def plot_metric_vs_time(
         xlabel="simulated time (s)",
         title="{metric} vs simulated time",
         target=target,
+        over_seeds=over_seeds,
     )
 
 

@@ -405,19 +405,36 @@ DISPLAY_COLUMNS: tuple[tuple[str, str, Any, bool], ...] = (
 )
 
 
-def display_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def display_rows(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[Any, str, Any, bool]] | None = None
+) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted cells shared by :func:`rich_table` and the HTML report.
+
+    ``columns`` defaults to :data:`DISPLAY_COLUMNS`; a column whose key is None has a formatter
+    that takes the whole row (the mean ± std cells of
+    :func:`fedpress.report.seeds.seed_display_columns`).
 
     >>> display_rows([{"codec": "none", "uplink_bytes": 2048, "compression_ratio": 1.0}])[1][0][:3]
     ['none', '—', '—']
     """
-    headers = [h for _, h, _, _ in DISPLAY_COLUMNS]
-    cells = [[fmt(row.get(key)) for key, _, fmt, _ in DISPLAY_COLUMNS] for row in rows]
+    columns = DISPLAY_COLUMNS if columns is None else columns
+    headers = [h for _, h, _, _ in columns]
+    cells = [[fmt(row) if key is None else fmt(row.get(key)) for key, _, fmt, _ in columns]
+             for row in rows]
     return headers, cells
 
 
-def rich_table(rows: Sequence[Mapping[str, Any]], title: str = "fedpress results") -> Any:
+def rich_table(
+    rows: Sequence[Mapping[str, Any]],
+    title: str = "fedpress results",
+    *,
+    columns: Sequence[tuple[Any, str, Any, bool]] | None = None,
+    note: str | None = None,
+) -> Any:
     """A :class:`rich.table.Table` of ``rows`` with readable bytes (KiB/MiB) and ratios (``52.3×``).
+
+    ``columns``: as for :func:`display_rows`; ``note`` is added to the caption (what a mean ± std
+    is taken over).
 
     Cells are :class:`rich.text.Text`, so a codec spec containing ``[...]`` is shown literally
     instead of being parsed as Rich markup.
@@ -439,10 +456,13 @@ def rich_table(rows: Sequence[Mapping[str, Any]], title: str = "fedpress results
     targets = sorted({r.get("target") for r in rows if r.get("target") is not None})
     if targets:
         caption = (caption + "; " if caption else "") + "target: " + ", ".join(map(str, targets))
+    if note:
+        caption = (caption + "; " if caption else "") + note
+    columns = DISPLAY_COLUMNS if columns is None else columns
     table = Table(title=title, caption=caption)
-    for _, header, _, right in DISPLAY_COLUMNS:
+    for _, header, _, right in columns:
         table.add_column(header, justify="right" if right else "left", no_wrap=not right)
-    _, cells = display_rows(rows)
+    _, cells = display_rows(rows, columns)
     for row in cells:
         table.add_row(*(Text(c) for c in row))
     return table
