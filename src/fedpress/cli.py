@@ -104,7 +104,7 @@ _SHARED = [
     _opt("prune_mode", str | None, "--prune-mode", help="oneshot | gradual"),
     _opt("prune_scope", str | None, "--prune-scope", help="global | layer"),
     _opt("target", float | None, "--target", help="metric target: report rounds/time/bytes to reach it"),
-    _opt("data_root", str | None, "--data-root", help="folder with mnist/fashion-mnist/cifar10 files"),
+    _opt("data_root", str | None, "--data-root", help="folder with mnist/fashion-mnist/cifar10 files or LEAF femnist/shakespeare JSON"),
     _opt("policy", str | None, "--policy", help="fixed | deadline:seconds=S[,skip=0|1,sync=0|1,cut=C,"
          "unknown=hard|prior,slack=F,safety=F] | budget:bytes=B | accordion"),
     _opt("jitter", float | None, "--jitter", help="per-round lognormal sigma of link bandwidths"),
