@@ -21,15 +21,6 @@ from fedpress.sim.experiment import RunConfig, run_experiment
 SORTED = sorted(USERS)
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny models train fastest on one intra-op thread (see tests/data/test_scenarios.py).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _encode_text(strings):
     return np.array([[SHAKESPEARE_VOCAB.index(c) for c in s] for s in strings], dtype=np.float32)
 

@@ -172,18 +172,9 @@ def ddp_noise_for_target(target_epsilon: float, delta: float, rounds: int, *, rt
     if rounds < 1:
         raise ValueError("rounds must be >= 1")
 
-    def eps(z: float) -> float:
-        return _zcdp_epsilon(rounds / (2 * z * z), 0.0, delta)
+    from fedpress.privacy.dp import smallest_noise
 
-    lo, hi = 0.0, 1.0
-    while eps(hi) > target_epsilon:
-        lo, hi = hi, hi * 2
-        if hi > 1e6:
-            raise ValueError(f"target epsilon {target_epsilon} is out of reach")
-    while hi - lo > rtol * hi:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if eps(mid) > target_epsilon else (lo, mid)
-    return hi
+    return smallest_noise(lambda z: _zcdp_epsilon(rounds / (2 * z * z), 0.0, delta), target_epsilon, rtol)
 
 
 @dataclass(frozen=True)
