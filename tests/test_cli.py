@@ -97,6 +97,8 @@ SHARED_FLAGS = {
     "--sampling", "--scenario", "--secagg", "--secagg-threshold", "--seed", "--server-lr", "--strategy", "--target",
     "--target-epsilon", "--wait-full-deadline", "--workers", "-c", "-o", "-q", "-s",
 }
+# Asynchronous FedBuff (fedpress.sim.fedbuff), added since.
+SHARED_FLAGS |= {"--async-buffer", "--concurrency", "--staleness"}
 RUN_FLAGS = SHARED_FLAGS | {"--checkpoint-every", "--per-client-eval", "--no-per-client-eval", "--resume"}
 COMPARE_FLAGS = SHARED_FLAGS | {"--jobs", "-j", "--seeds"}
 

@@ -15,6 +15,7 @@ from fedpress.wire import Limits, Structure, WireError
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncSimulation",
     "Codec",
     "Simulation",
     "Limits",
@@ -34,4 +35,8 @@ def __getattr__(name: str):
         from fedpress.sim.runner import Simulation
 
         return Simulation
+    if name == "AsyncSimulation":
+        from fedpress.sim.fedbuff import AsyncSimulation
+
+        return AsyncSimulation
     raise AttributeError(f"module 'fedpress' has no attribute {name!r}")

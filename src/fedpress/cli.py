@@ -134,6 +134,14 @@ _SHARED = [
     _opt("attack", str | None, "--attack",
          help="Byzantine clients: signflip[:scale=S] | scale:factor=K | noise:std=S, each [,fraction=F] "
          "(default 0.2); pair with --aggregate median|trimmed_mean"),
+    _opt("async_buffer", int | None, "--async-buffer",
+         help="asynchronous FedBuff: clients start as others finish, each from the model current then, and "
+         "the server steps every K arriving updates, weighted down by staleness (--rounds: server steps)"),
+    _opt("concurrency", int | None, "--concurrency",
+         help="--async-buffer: clients training at once, >= K (default min(clients, 2K))"),
+    _opt("staleness", str | None, "--staleness",
+         help="--async-buffer: weight of an update s versions stale: sqrt (1/sqrt(1+s), default) | none | "
+         "poly:a=A | hinge:a=A,b=B"),
     _opt("wait_full_deadline", bool | None, "--wait-full-deadline/--close-early",
          help="a round with a dropped straggler lasts the whole deadline (default); --close-early: it ends "
          "at the slowest kept client, as if the server knew who will miss"),

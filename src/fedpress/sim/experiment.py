@@ -73,13 +73,19 @@ class RunConfig:
     wait_full_deadline: bool = True  # a round with a dropped straggler lasts the whole deadline
     sampling: str | None = None  # fixed | poisson (default: poisson under DP, else fixed)
     attack: str | None = None  # signflip|scale|noise[:...,fraction=F]: Byzantine clients (robustness)
+    # Asynchronous buffered aggregation (FedBuff, fedpress.sim.fedbuff): the server steps every K
+    # arrivals with M clients in flight (default min(clients, 2K)); rounds then counts server steps.
+    async_buffer: int | None = None
+    concurrency: int | None = None
+    staleness: str = "sqrt"  # none | sqrt | poly:a=A | hinge:a=A,b=B (weight of a stale update)
 
     def check(self) -> RunConfig:
         """Validate values that can be checked before loading anything (one clear error each)."""
         Codec(self.codec)
         if self.down_codec:
             Codec(self.down_codec)
-        for name in ("clients", "per_round", "rounds", "local_epochs", "batch_size"):
+        for name in ("clients", "per_round", "rounds", "local_epochs", "batch_size", "async_buffer",
+                     "concurrency"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
@@ -138,11 +144,52 @@ class RunConfig:
                 raise ConfigError(f"codec {self.codec!r} cannot be used with --secagg: {why}")
         if self.prune is not None and not 0 <= self.prune < 1:
             raise ConfigError(f"prune (target sparsity) must be in [0, 1), got {self.prune!r}")
+        self._check_async()
         from fedpress.data import SCENARIOS
 
         if self.scenario not in SCENARIOS:
             raise ConfigError(f"unknown scenario {self.scenario!r}; known: {', '.join(SCENARIOS)}")
         return self
+
+
+    def _check_async(self) -> None:
+        """--async-buffer and its options; what assumes synchronous rounds is refused, by name."""
+        if self.async_buffer is None:
+            for flag, given in (("--concurrency", self.concurrency is not None),
+                                ("--staleness", self.staleness != "sqrt")):
+                if given:
+                    raise ConfigError(f"{flag} is an option of --async-buffer K (asynchronous FedBuff)")
+            return
+        from fedpress.sim.fedbuff import staleness_weight
+
+        try:
+            staleness_weight(self.staleness)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.concurrency is not None and self.concurrency < self.async_buffer:
+            raise ConfigError(f"--concurrency ({self.concurrency}) must be >= --async-buffer ({self.async_buffer}): "
+                              "the buffer could never fill")
+        synchronous = (
+            (self.secagg, "--secagg", "secure aggregation masks the clients of one round together"),
+            (self.dp_clip is not None, "--dp-clip", "the DP accountant counts synchronous sampled rounds"),
+            (self.policy not in (None, "fixed"), "--policy", "codec policies plan synchronous rounds"),
+            (self.aggregate not in ("auto", "mean", "sparse_mean"), f"--aggregate {self.aggregate}",
+             "robust rules compare the clients of one round"),
+            (self.attack is not None, "--attack", "attacks are measured against robust synchronous rules"),
+            (self.prune is not None, "--prune", "the pruning schedule is per synchronous round"),
+            (self.deadline is not None, "--deadline", "nobody waits for a round: there is no deadline"),
+            (not self.wait_full_deadline, "--close-early", "nobody waits for a round: there is no deadline"),
+            (self.sampling is not None, "--sampling", "clients are started as others finish"),
+            (self.dropout > 0, "--dropout", "it models clients vanishing from a synchronous round"),
+            (self.per_round is not None, "--per-round", "use --concurrency (clients in flight)"),
+            (self.checkpoint_every > 0, "--checkpoint-every", "the asynchronous runner does not checkpoint"),
+        )
+        for bad, flag, why in synchronous:
+            if bad:
+                raise ConfigError(f"--async-buffer cannot be combined with {flag}: {why}")
+        if self.down_codec and Codec(self.down_codec).stateful:
+            raise ConfigError(f"--down-codec {self.down_codec!r} is stateful; with --async-buffer every client "
+                              "downloads the whole model, lossily with a stateless codec (fp16, q:bits=8, ...)")
 
 
 RUN_KEYS = {f.name: f for f in fields(RunConfig)}
@@ -207,7 +254,8 @@ def slug(spec: str) -> str:
 
 
 def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress=None):
-    """Load the scenario, partition its data and build the Simulation (plus a partition summary)."""
+    """Load the scenario, partition its data and build the Simulation (an
+    :class:`~fedpress.sim.fedbuff.AsyncSimulation` with ``async_buffer``), plus a partition summary."""
     from fedpress.data import get_scenario
     from fedpress.fl.pruning import PruneSchedule
     from fedpress.sim.partition import partition, summarize
@@ -237,6 +285,24 @@ def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress
                               start=start, end=end)
     part_summary = summarize(y, parts, data.n_classes)
     part_summary["scheme"] = scheme
+    extra = {"partition": scheme, "alpha": cfg.alpha or sc.alpha, "synthetic": sc.synthetic}
+    if cfg.async_buffer is not None:
+        from fedpress.sim.fedbuff import AsyncSimulation
+
+        sim = AsyncSimulation(
+            lambda: sc.build_model(data), clients, (data.x_test, data.y_test),
+            codec=cfg.codec, down_codec=cfg.down_codec, buffer=cfg.async_buffer, concurrency=cfg.concurrency,
+            rounds=rounds, staleness=cfg.staleness, local_epochs=cfg.local_epochs or sc.local_epochs,
+            lr=cfg.lr or sc.lr, batch_size=cfg.batch_size or sc.batch_size, seed=cfg.seed,
+            strategy=cfg.strategy, server_lr=cfg.server_lr, prox_mu=cfg.prox_mu, l1=cfg.l1, l2=cfg.l2,
+            network=cfg.network or sc.network, metric=sc.metric, per_client_eval=cfg.per_client_eval,
+            target=cfg.target, scenario=sc.name, out_dir=out_dir, progress=progress, jitter=cfg.jitter,
+            backend=cfg.backend, aggregate=cfg.aggregate,
+            backend_options=({"address": cfg.ray_address, "num_cpus": cfg.workers}
+                             if cfg.backend == "ray" else None),
+            extra_summary=extra,
+        )
+        return sim, part_summary
     sim = Simulation(
         lambda: sc.build_model(data), clients, (data.x_test, data.y_test),
         codec=cfg.codec, down_codec=cfg.down_codec, rounds=rounds,
@@ -252,8 +318,7 @@ def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress
         backend_options=({"address": cfg.ray_address, "num_cpus": cfg.workers}
                          if cfg.backend == "ray" else None),
         aggregate=cfg.aggregate, wait_full_deadline=cfg.wait_full_deadline, sampling=cfg.sampling,
-        attack=cfg.attack,
-        extra_summary={"partition": scheme, "alpha": cfg.alpha or sc.alpha, "synthetic": sc.synthetic},
+        attack=cfg.attack, extra_summary=extra,
     )
     return sim, part_summary
 
