@@ -129,3 +129,14 @@ def test_help_lists_the_shared_options():
         assert r.exit_code == 0
         for flag in ("--scenario", "--down-codec", "--dp-adaptive", "--target", "--config", "--json"):
             assert flag in r.output, (name, flag)
+
+
+def test_compare_checks_the_codecs_it_runs_not_the_default(tmp_path):
+    # --secagg used to be checked against the default codec 'none', so compare --secagg always failed
+    ok = runner.invoke(app, ["compare", "--scenario", "digits", "--secagg", "-c", "q:bits=8", "-c",
+                             "rht+q:bits=8", "--rounds", "1", "--out", str(tmp_path / "a"), "-q"])
+    assert ok.exit_code == 0, ok.output
+    bad = runner.invoke(app, ["compare", "--scenario", "digits", "--secagg", "-c", "q:bits=8", "-c", "ef+sign",
+                              "--rounds", "1", "--out", str(tmp_path / "b"), "-q"])
+    assert bad.exit_code != 0 and "ef+sign" in bad.output and "secagg" in bad.output
+    assert not (tmp_path / "b" / "runs").exists()  # refused before any run

@@ -56,6 +56,7 @@ DEFAULT_CODECS: tuple[str, ...] = (
     "topk:ratio=0.01+q:bits=8",
     "randk:ratio=0.01",
     "randk:ratio=0.01,unbiased=1",
+    "sketch:ratio=0.002,k=1000+q:bits=8",
     "threshold:tau=0.05",
     "svd:rank=4",
     "powersgd:rank=4",

@@ -181,9 +181,11 @@ def _cli_options(params: dict) -> dict:
 
     renamed = {"address": "ray_address"}
     out = {renamed.get(k, k): v for k, v in params.items()}
-    # compare's --codec is a list of specs, handled by compare itself
-    return {k: v for k, v in out.items()
-            if k in RunConfig.__dataclass_fields__ and not (k == "codec" and isinstance(v, list))}
+    # compare's --codec is a list of specs, run by compare itself; the first stands for them in the
+    # config (so a check such as --secagg's sees a codec that was asked for, not the default)
+    if isinstance(out.get("codec"), list):
+        out["codec"] = out["codec"][0] if out["codec"] else None
+    return {k: v for k, v in out.items() if k in RunConfig.__dataclass_fields__}
 
 
 def _merge(config: Path | None, allow_compare: bool, cli: dict) -> tuple[object, dict]:
@@ -291,6 +293,13 @@ def compare_cmd(
         _fail(str(e))
     if len(set(specs)) != len(specs):
         _fail("the same codec is listed twice")
+    from fedpress.sim.experiment import ConfigError
+
+    try:  # every codec against the run options (e.g. --secagg), before any run starts
+        for s in specs:
+            dataclasses.replace(cfg, codec=s).check()
+    except ConfigError as e:
+        _fail(str(e))
     out = out or Path(extra.get("out", f"results/{cfg.scenario}"))
     jobs = jobs or int(extra.get("jobs", 1))
     quiet = quiet or bool(extra.get("quiet", False))

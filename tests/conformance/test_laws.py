@@ -79,6 +79,11 @@ CASES: dict[str, list[Case]] = {
     # (the values may not: a chunk of 2 rounds the same whatever its signs)
     "rht": [Case("rht", "stochastic", True), Case("rht:block=2", "seeded", True),
             Case("rht:block=16+zstd", "stochastic", True)],
+    # a count sketch: hashes from the seed; unbiased with one or two rows or the mean estimator
+    # (no k); tensors of n <= rows*cols values travel as they are
+    "sketch": [Case("sketch:cols=50", "stochastic"), Case("sketch:cols=40,rows=1", "stochastic", True),
+               Case("sketch:ratio=0.05,rows=3,k=20", "stochastic"),
+               Case("sketch:cols=8,rows=4,est=mean+zstd", "stochastic", True)],
 }
 
 #: Pipelines of several lossy stages; the bound is on the relative L2 error of each tensor
@@ -105,6 +110,11 @@ PIPELINES: dict[str, tuple[Case, float | None]] = {
     "ef+rht+q:bits=4+zstd": (Case("ef+rht+q:bits=4+zstd", "stochastic"), 1.07),
     "rht+qsgd:levels=4": (Case("rht+qsgd:levels=4", "stochastic", True), None),
     "rht:block=64+ternary:block=32+ans": (Case("rht:block=64+ternary:block=32+ans", "stochastic", True), None),
+    # No per-round relative bound: a sketch's estimates are off by ~‖x_tail‖/√C each.
+    "sketch:cols=64,k=30+q:bits=8": (Case("sketch:cols=64,k=30+q:bits=8", "stochastic"), None),
+    "ef+sketch:cols=100,rows=3,k=50+q:bits=4+zstd": (
+        Case("ef+sketch:cols=100,rows=3,k=50+q:bits=4+zstd", "stochastic"), None),
+    "sketch:cols=16,rows=2+qsgd:levels=8": (Case("sketch:cols=16,rows=2+qsgd:levels=8", "stochastic", True), None),
 }
 
 ALL_CASES: list[Case] = [c for cs in CASES.values() for c in cs] + [c for c, _ in PIPELINES.values()]
@@ -370,7 +380,29 @@ def bound_powersgd(st, x, y):
     assert np.linalg.norm(M - Y) <= nm * (1 + 1e-4) + 1e-30
 
 
+def bound_sketch(st, x, y):
+    xf, yf = x.ravel().astype(np.float64), y.ravel().astype(np.float64)
+    n = xf.size
+    kept = yf != 0
+    if st.k and st.k < n:
+        assert kept.sum() <= st.k
+    if not st.sketched(n):  # travels as it is (top-k'd with k)
+        if not st.k or st.k >= n:
+            np.testing.assert_array_equal(y, x)
+            return
+        np.testing.assert_array_equal(yf[kept], xf[kept])
+        if kept.any() and (~kept).any():
+            assert np.abs(xf[~kept]).max() <= np.abs(xf[kept]).min()
+        return
+    # every estimate is off by at most the other coordinates' L1 norm (each row's collisions),
+    # plus the float32 rounding of the bucket sums
+    l1 = np.abs(xf).sum()
+    est = kept if st.k else np.ones(n, bool)
+    assert np.all(np.abs(yf - xf)[est] <= (l1 - np.abs(xf))[est] + 1e-6 * l1 + 1e-30)
+
+
 BOUNDS = {
+    "sketch": bound_sketch,
     "none": bound_none, "fp16": bound_fp16, "bf16": bound_bf16, "fixed": bound_fixed,
     "q": bound_q, "qsgd": bound_qsgd, "sign": bound_sign, "ternary": bound_ternary,
     "topk": bound_topk, "randk": bound_randk, "threshold": bound_threshold,
@@ -492,6 +524,10 @@ def _spec_strategy():
         st.builds(lambda k: f"svd:rank={k},min_size=0", st.integers(1, 5)),
         st.builds(lambda k: f"powersgd:rank={k},min_size=0", st.integers(1, 5)),
         st.builds(lambda k: f"rht:block={k}", st.sampled_from([2, 4, 8, 4096])),
+        st.builds(lambda c, r, k, e: f"sketch:cols={c},rows={r},k={k},est={e}", st.sampled_from([1, 3, 16]),
+                  st.sampled_from([1, 2, 3, 4, 15]), st.sampled_from([0, 1, 5]), st.sampled_from(["median", "mean"])),
+        st.builds(lambda r, inner: f"sketch:ratio={r:.3g},rows=3+{inner}", st.floats(0.01, 0.5),
+                  st.sampled_from(["q:bits=8", "fp16", "qsgd:levels=4,block=8"])),
         st.builds(lambda k, inner: f"rht:block={k}+{inner}", st.sampled_from([2, 8, 4096]),
                   st.sampled_from(["sign", "q:bits=2", "q:bits=4,block=5", "qsgd:levels=4,block=8",
                                    "ternary:block=64", "topk:ratio=0.3+fp16"])),
@@ -831,7 +867,8 @@ def test_law5_invalid_payload_values():
 
 
 @pytest.mark.parametrize("spec", ["ef+topk:ratio=0.05+q:bits=4", "ef+sign", "ef+powersgd:rank=2,min_size=0",
-                                  "ef+qsgd:levels=2+zstd", "ef+fixed:bits=2,lo=-1,hi=1"])
+                                  "ef+qsgd:levels=2+zstd", "ef+fixed:bits=2,lo=-1,hi=1",
+                                  "ef+sketch:cols=40,rows=3,k=30+q:bits=8"])
 def test_ef_residual_is_exact(spec):
     """state residual == input + old residual − decompress(blob), bit for bit, every round."""
     c = fedpress.codec(spec)
@@ -1054,6 +1091,12 @@ def test_fixed_point_worked_example():
     ("rht:block=1", "block"),
     ("rht:block=4194304", "block"),
     ("q:bits=2+rht", "'q'"),
+    ("sketch", "cols=C"),
+    ("sketch:cols=10,ratio=0.1", "not both"),
+    ("sketch:cols=0", "cols"),
+    ("sketch:cols=10,rows=16", "rows"),
+    ("sketch:cols=10,est=mode", "est"),
+    ("q:bits=8+sketch:cols=10", "'q'"),
 ])
 def test_bad_specs_raise_spec_error_naming_the_part(spec, fragment):
     with pytest.raises(SpecError, match=None) as ei:

@@ -238,3 +238,163 @@ def test_rht_must_sit_right_before_the_quantiser():
     ok, why = secagg_compatible("rht+randk:ratio=0.5+q:bits=4")
     assert not ok and "right before" in why
     assert not secagg_compatible("rht+sign")[0]
+
+
+# ----------------------------------------------------------------------------- count sketch
+
+
+def _sketch_updates(n_clients, d=6000, seed=0, shared=(11, 222, 3333, 4444, 5555)):
+    """Clients whose updates share a few heavy coordinates (with client-specific sizes) over a
+    small dense tail and one heavy coordinate of their own: the sum's heavy hitters are the shared
+    ones."""
+    rng = np.random.default_rng(seed)
+    ups = []
+    for _ in range(n_clients):
+        x = rng.normal(0, 0.002, d)
+        x[list(shared)] = rng.uniform(0.3, 0.5, len(shared)) * np.array([1, -1, 1, -1, 1])[: len(shared)]
+        x[rng.integers(d)] += 0.2
+        ups.append({"a": torch.from_numpy(x[:5000].astype(np.float32)).reshape(50, 100),
+                    "b": torch.from_numpy(x[5000:].astype(np.float32))})
+    return ups, np.array(shared)
+
+
+@pytest.mark.parametrize("spec", ["sketch:cols=200,k=20+q:bits=8", "ef+sketch:ratio=0.01,rows=3+q:bits=4",
+                                  "sketch:cols=50+fixed:bits=8,lo=-1,hi=1,rounding=stochastic"])
+def test_sketch_specs_are_compatible(spec):
+    ok, why = secagg_compatible(spec)
+    assert ok and "count sketch" in why and "shared per round" in why, why
+
+
+@pytest.mark.parametrize("spec, reason", [
+    ("sketch:cols=100", "use [ef+]sketch"),
+    ("randk:ratio=0.5+sketch:cols=100+q:bits=8", "without randk or rht"),
+    ("sketch:cols=100+rht+q:bits=8", "without randk or rht"),
+    ("sketch:cols=100+qsgd:levels=8", "norms"),
+    ("sketch:cols=100+q:bits=8+zstd", "do not compress"),
+    ("topk:ratio=0.1+sketch:cols=100+q:bits=8", "different positions"),
+])
+def test_sketch_specs_refused_say_why(spec, reason):
+    ok, why = secagg_compatible(spec)
+    assert not ok and reason in why, why
+    with pytest.raises(ValueError, match="secure aggregation"):
+        SharedRangeCodec(spec)
+
+
+def test_sketch_vector_len_is_rows_by_cols_of_the_whole_update():
+    c = SharedRangeCodec("sketch:cols=200,rows=3+q:bits=8")
+    assert c.vector_len({"a": (50, 100), "b": (1000,)}) == 600
+    assert c.vector_len({"a": (500, 1000)}) == 600  # whatever the model's size
+    assert c.vector_len({"a": (20, 10), "b": (300,)}) == 500  # d <= R·C: the values themselves
+    assert SharedRangeCodec("sketch:ratio=0.01+q:bits=8").vector_len({"a": (50, 100), "b": (1000,)}) == 5 * 60
+
+
+def test_summed_sketch_codes_unsketch_to_the_sum_of_sketches():
+    """5 clients: Σ codes decodes to unsketch(Σ sketches) within quantisation, and with k the
+    sum's heavy hitters come back (each client's own top-k would not line up)."""
+    ups, shared = _sketch_updates(5)
+    for spec in ("sketch:cols=300,rows=5+q:bits=8", "sketch:cols=300,rows=5,k=5+q:bits=8"):
+        codec = SharedRangeCodec(spec)
+        codec.set_range(1.0)
+        codes = [codec.encode(u, round_seed=3, client_seed=i)[0] for i, u in enumerate(ups)]
+        assert all(c.shape == (1500,) for c in codes)
+        total = sum(c.astype(np.int64) for c in codes)
+        got = codec.decode_sum(total, 5, ups[0], round_seed=3)
+        got = np.concatenate([got[k].double().numpy().ravel() for k in ("a", "b")])
+        # the same from the float sketches: linear, so Σ sketch(x_i) = sketch(Σ x_i)
+        vecs = [np.concatenate([u[k].double().numpy().ravel() for k in ("a", "b")]) for u in ups]
+        sketches = sum(codec._sketch(v, 3) for v in vecs)
+        np.testing.assert_allclose(sketches, codec._sketch(sum(vecs), 3), atol=1e-9)
+        summed = codec.code_space_sum(total, 5, ups[0])
+        assert np.abs(summed - sketches).max() <= 5 * codec.error_bound() + 1e-9  # quantisation only
+        want = codec._unsketch(sketches, 6000, 3)
+        assert np.abs(got - want).max() <= 5 * codec.error_bound() + 1e-6
+        truth = sum(vecs)
+        if codec.sketch.k:
+            np.testing.assert_array_equal(np.flatnonzero(got), np.sort(shared))
+            assert np.abs(got[shared] - truth[shared]).max() < 0.05
+        # another round's hashes do not decode these codes
+        other = codec.decode_sum(total, 5, ups[0], round_seed=4)
+        assert not np.allclose(np.concatenate([other[k].numpy().ravel() for k in ("a", "b")]), got, atol=1e-2)
+
+
+def test_sketch_through_masked_secure_aggregation_with_a_dropout():
+    ups, shared = _sketch_updates(6, seed=1)
+    codec = SharedRangeCodec("sketch:cols=300,k=5+fixed:bits=8,lo=-2,hi=2,rounding=stochastic")
+    n = codec.vector_len(ups[0])
+    rnd = SecAggRound(list(range(6)), threshold=4, bits=codec.bits, vector_len=n, seed=2)
+    sent = {c: rnd.mask(c, codec.encode(ups[c], round_seed=8, client_seed=c)[0]) for c in range(6)}
+    received = {c: b for c, b in sent.items() if c != 4}
+    total, _ = rnd.unmask_sum(received, dropped={4})
+    mean = codec.decode_mean(total, 5, ups[0], round_seed=8)
+    flat = np.concatenate([mean[k].double().numpy().ravel() for k in ("a", "b")])
+    np.testing.assert_array_equal(np.flatnonzero(flat), np.sort(shared))
+    truth = sum(np.concatenate([ups[c][k].double().numpy().ravel() for k in ("a", "b")]) for c in received) / 5
+    assert np.abs(flat[shared] - truth[shared]).max() < 0.03
+
+
+def test_sketch_error_feedback_keeps_what_the_server_would_not_decode():
+    ups, _ = _sketch_updates(1, seed=2)
+    codec = SharedRangeCodec("ef+sketch:cols=300,k=10+q:bits=8")
+    codec.set_range(1.0)
+    codes, st = codec.encode(ups[0], round_seed=5, client_seed=1)
+    own = codec.decode_sum(codes.astype(np.int64), 1, ups[0], round_seed=5)
+    for k in ups[0]:
+        assert st["residual"][k].shape == (ups[0][k].numel(),)
+        np.testing.assert_allclose(st["residual"][k] + own[k].double().numpy().ravel(),
+                                   ups[0][k].double().numpy().ravel(), atol=1e-6)
+    assert sum(np.count_nonzero(own[k].numpy()) for k in own) == 10
+    _, st2 = codec.encode(ups[0], round_seed=6, client_seed=1, state=st)  # the residual comes back
+    assert not np.allclose(st2["residual"]["a"], st["residual"]["a"])
+
+
+def test_dp_clip_bounds_the_summed_sketch_not_only_the_update():
+    """‖sketch(x)‖ is about √R·‖x‖: a clipped x is not enough. The clip applies to the sketch, what
+    is quantised and summed, so the stated sensitivity holds in sketch space."""
+    from fedpress.privacy.dp import secagg_sensitivity
+
+    clip = 1.0
+    codec = SharedRangeCodec("sketch:cols=500,rows=5+q:bits=8")
+    rng = np.random.default_rng(3)
+    u = {"w": torch.from_numpy(rng.normal(size=20_000).astype(np.float32))}
+    cu, _ = clip_update(u, clip)  # ‖x‖ = C ...
+    vec = cu["w"].double().numpy()
+    assert np.linalg.norm(codec._sketch(vec, 0)) > 2.0 * clip  # ... but its sketch ≈ √5·C
+    dim = codec.vector_len(cu)
+    codec.set_range(codec.dp_range(clip, dim))
+    assert codec.hi == clip
+    codes, _ = codec.encode(cu, round_seed=0, client_seed=0, clip=clip)
+    zero, _ = codec.encode({"w": torch.zeros(20_000)}, round_seed=0, client_seed=0, clip=clip)
+    sent = codec.code_space_sum(codes.astype(np.int64), 1, cu)
+    sens = secagg_sensitivity(clip, codec.error_bound(), dim)
+    assert np.linalg.norm(sent) <= sens
+    # one client's contribution to the sum moves by at most the sensitivity (replace by zero)
+    assert np.linalg.norm(sent - codec.code_space_sum(zero.astype(np.int64), 1, cu)) <= sens
+    assert np.linalg.norm(sent) > 0.9 * clip  # and the clip is not vacuous
+
+
+def test_central_dp_noise_goes_into_sketch_space():
+    """Under central DP the noise is added to the summed sketch and the top-k taken after it: the
+    noisy mean still has exactly k nonzeros (noise added after unsketching would be dense)."""
+    from fedpress.sim.privacy_round import SecureRound
+
+    class _Acct:
+        steps = 0
+
+        def step(self, *a):
+            self.steps += 1
+
+        def epsilon(self):
+            return 1.0
+
+    ups, shared = _sketch_updates(4, seed=4)
+    codec = SharedRangeCodec("sketch:cols=300,k=5+q:bits=8")
+    template = {k: tuple(v.shape) for k, v in ups[0].items()}
+    codec.set_range(codec.dp_range(1.0, codec.vector_len(template)))
+    sr = SecureRound(codec, list(range(4)), template, threshold=None, neighbors=None, seed=1, round_seed=2)
+    received = {c: sr.upload(c, ups[c], encode_seed=c, state=None, clip=1.0)[0] for c in range(4)}
+    acct = _Acct()
+    mean, priv, _, _ = sr.aggregate(received, 0, accountant=acct, clip=1.0, noise=0.05, denominator=4, dp_seed=0)
+    flat = np.concatenate([mean[k].double().numpy().ravel() for k in ("a", "b")])
+    assert np.count_nonzero(flat) == 5 and acct.steps == 1
+    assert priv["dp_sensitivity"] > 1.0 and priv["dp_noise_std"] == pytest.approx(0.05 * priv["dp_sensitivity"])
+    np.testing.assert_array_equal(np.flatnonzero(flat), np.sort(shared))

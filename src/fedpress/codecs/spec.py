@@ -34,6 +34,7 @@ def _ensure_loaded() -> None:
         lowrank,
         quantize,
         rotate,
+        sketch,
         sparsify,
     )
 

@@ -9,10 +9,12 @@ exactly when decoding is affine with the same parameters for every client: with 
 Codes from per-client scales (``q``'s block ranges, ``qsgd``'s norms, ``sign``'s means) or
 per-client positions (``topk``, ``threshold``) do not add up this way; :func:`secagg_compatible`
 says which specs work and why the others do not. ``randk`` works when every client keeps the
-*same* positions, drawn from a seed shared for the round. ``ef`` works too: the residual never
-leaves the client. Stochastic rounding keeps every client's codes unbiased, so the decoded mean is
-unbiased for values inside the range; values outside are clipped to it (a bias: pick R, or clip
-the update's L2 norm first, so that clipping is rare).
+*same* positions, drawn from a seed shared for the round. ``sketch`` works because a count sketch
+is linear: with hashes shared for the round, the sum of the clients' sketches is the sketch of the
+sum of their updates, which the server unsketches (FetchSGD; see :class:`SharedRangeCodec`).
+``ef`` works too: the residual never leaves the client. Stochastic rounding keeps every client's
+codes unbiased, so the decoded mean is unbiased for values inside the range; values outside are
+clipped to it (a bias: pick R, or clip the update's L2 norm first, so that clipping is rare).
 
 >>> import numpy as np, torch
 >>> codec = SharedRangeCodec("fixed:bits=8,lo=-1,hi=1,rounding=stochastic")
@@ -64,7 +66,8 @@ def secagg_compatible(spec: str) -> tuple[bool, str]:
     positions shared per round, rht with a rotation shared per round), and
     ``[ef+][randk:...+][rht+]q:bits=n`` *with a shared scale*: instead of per-block ranges, every
     client quantises stochastically on one range [−R, R] that the server agrees for the round
-    (:meth:`SharedRangeCodec.set_range`). Everything else is refused with the reason.
+    (:meth:`SharedRangeCodec.set_range`); and ``[ef+]sketch:...+(q|fixed)``, a count sketch of the
+    whole update with hashes shared per round. Everything else is refused with the reason.
 
     >>> secagg_compatible("q:bits=8")
     (True, '8-bit stochastic codes on a range [-R, R] shared per round (q with a shared scale)')
@@ -76,6 +79,8 @@ def secagg_compatible(spec: str) -> tuple[bool, str]:
     >>> ok, why = secagg_compatible("topk:ratio=0.01+q:bits=8")
     >>> ok, why[:52]
     (False, 'topk: top-k keeps different positions on each client')
+    >>> secagg_compatible("ef+sketch:cols=2000,k=100+q:bits=8")[0]
+    True
     """
     try:
         stages = parse_spec(spec)
@@ -86,8 +91,23 @@ def secagg_compatible(spec: str) -> tuple[bool, str]:
     for name in body:
         if name in _REFUSE:
             return False, f"{name}: {_REFUSE[name]}"
-        if name not in ("randk", "rht", "fixed", "q"):
+        if name not in ("randk", "rht", "sketch", "fixed", "q"):
             return False, f"{name}: no shared-range integer form; use fixed on a shared range"
+    if "sketch" in body:
+        if body not in (["sketch", "q"], ["sketch", "fixed"]):
+            return False, ("sketch: use [ef+]sketch:...+q:bits=n or [ef+]sketch:...+fixed:... (the sketch "
+                           "of the whole update right before the quantiser, without randk or rht)")
+        sk, fx = stages[-2], stages[-1]
+        topk = f", the server keeps the top {sk.k} of the summed sketch's estimates" if sk.k else ""
+        what = (f"{fx.bits}-bit stochastic codes on a range [-R, R] shared per round (q with a shared scale)"
+                if fx.name == "q" else f"{fx.bits}-bit codes on the shared range [{fx.lo:g}, {fx.hi:g}]")
+        note = ("" if fx.name == "q" or fx.rounding == "stochastic" else
+                f"; rounding={fx.rounding} is biased and the bias adds up over clients: prefer stochastic")
+        if names[0] == "ef":
+            note += ("; caution: ef with a sketch is client-side and only approximates FetchSGD's server-side "
+                     "error accumulation; it diverged on digits (SharedRangeCodec doc): prefer no ef")
+        return True, (f"{what} of a {sk.rows}x{sk.cols or f'(ratio={sk.ratio:g})'} count sketch with hashes "
+                      f"shared per round (sketch: linear, the server unsketches the sum{topk}){note}")
     # A rotation shared by the round is linear: the sum of rotated updates is the rotated sum.
     rot = ", rotated by a rotation shared per round (rht)" if "rht" in body else ""
     pos = ", positions shared per round (randk)" if "randk" in body else ""
@@ -128,13 +148,40 @@ class SharedRangeCodec:
     """Maps a float update dict to shared-range integer codes and a sum of codes back to floats.
 
     ``spec`` must pass :func:`secagg_compatible`. Per round, every client uses the same
-    ``round_seed`` (randk positions) and its own ``client_seed`` (stochastic rounding: independent
-    rounding noise per client, so the errors average out in the mean). With ``ef`` the state
-    returned by :meth:`encode` carries the client's residual to its next round.
+    ``round_seed`` (randk positions, rht's rotation, the sketch's hashes) and its own
+    ``client_seed`` (stochastic rounding: independent rounding noise per client, so the errors
+    average out in the mean). With ``ef`` the state returned by :meth:`encode` carries the client's
+    residual to its next round.
 
     >>> c = SharedRangeCodec("randk:ratio=0.5+fixed:bits=4,lo=-1,hi=1,rounding=stochastic")
     >>> c.vector_len({"a": (10,), "b": (3, 2)}), c.bits
     (8, 4)
+
+    **Count sketch** (``[ef+]sketch:cols=C[,rows=R,k=K]+q|fixed``, FetchSGD, Rothchild et al. 2020).
+    Each client sends the codes of one R×C count sketch of its *whole* update (the tensors
+    concatenated in dict order, as FetchSGD sketches the flattened gradient; ``ratio=r`` means
+    C = ⌈r·d⌉ of the d values, ``k`` the top k of the whole model), hashed with tables drawn from
+    ``round_seed``, so :meth:`vector_len` is R·C whatever the model's size (d when d ≤ R·C: the
+    values then travel as they are, as in the ``sketch`` stage). The sketch is linear, so the
+    server's Σ codes is the quantised sketch of Σ updates, and :meth:`decode_sum` unsketches it
+    (median over rows, top-k with ``k``): the heavy coordinates of the *sum* come back, which
+    top-k, whose positions differ per client, cannot give under secure aggregation.
+
+    - ``ef``: the client keeps x − (what the server would unsketch from its sketch alone, top-k
+      included). An approximation: the server unsketches the *sum*, whose top-k and collision noise
+      differ from the client's own, so each client feeds back noise the server never applied.
+      FetchSGD keeps momentum and the error accumulator in sketch space *on the server* instead
+      (not implemented here). Measured on digits (secure aggregation, 3 seeds,
+      ``benchmarks/sketch_secagg.py``), this client-side EF diverges (final accuracy 0.15 with
+      ``ef+sketch:cols=80,rows=3,k=240+q:bits=8``, 0.84 without ``ef``): prefer the sketch without
+      ``ef`` until server-side error accumulation exists.
+    - DP: ``clip`` bounds the L2 norm of the sketch itself, the quantity that is quantised and
+      summed, so the sensitivities (:func:`~fedpress.privacy.dp.secagg_sensitivity` with
+      dim = R·C, :class:`~fedpress.privacy.ddp.DistributedNoise`) hold in sketch space. Clipping x
+      would not do: ‖sketch(x)‖₂ is about √R·‖x‖₂ on average and can be larger still (coordinates
+      of one sign sharing a bucket). Central DP noise must then be added in sketch space too,
+      before unsketching (:attr:`noise_in_code_space`): unsketching is post-processing, while
+      noise added after it would be calibrated to the wrong sensitivity.
     """
 
     def __init__(self, spec: str):
@@ -150,6 +197,8 @@ class SharedRangeCodec:
         #: Chunk length of the round's shared rotation (``rht``), or None.
         self.rht_block = rh.block if rh is not None else None
         self.rescale = bool(rk is not None and rk.__dict__["unbiased"])
+        #: The count-sketch stage (``sketch``: rows, cols or ratio, k, est), or None.
+        self.sketch = next((s for s in stages if s.name == "sketch"), None)
         fx = stages[-1]
         #: True for ``q`` with a shared scale: the range is agreed per round with set_range().
         self.shared_scale = fx.name == "q"
@@ -174,6 +223,14 @@ class SharedRangeCodec:
         self.lo, self.hi = -float(r), float(r)
         self.scale = (self.hi - self.lo) / float(1 << self.bits)
 
+    @property
+    def noise_in_code_space(self) -> bool:
+        """Whether central DP noise must be added to the summed values in code space
+        (:meth:`code_space_sum`, then :meth:`from_code_space`) rather than to :meth:`decode_sum`'s
+        output: with a sketch, whose unsketching is not an isometry. (rht's inverse rotation is
+        orthogonal and randk's scatter only adds zeros, so for them either place is the same.)"""
+        return self.sketch is not None
+
     def dp_range(self, clip: float, dim: int) -> float:
         """The shared range under DP with clip C for ``dim`` codes a client: C (nothing is ever
         clamped), or with ``rht`` min(C, 4·C/√dim). The rotation spreads a norm-C vector into
@@ -192,7 +249,40 @@ class SharedRangeCodec:
         vec = np.concatenate(flat) if flat else np.zeros(0)
         if self.rht_block is not None:
             vec = self._rotate(vec, 0, forward=True)
+        if self.sketch is not None:
+            vec = self._sketch(vec, 0)  # any round's hashes: the buckets' spread is the same
         return float(np.abs(vec).max(initial=0.0))
+
+    # -- count sketch (shared hashes per round)
+    def _sketch_len(self, d: int) -> int:
+        sk = self.sketch
+        return sk.rows * sk.columns(d) if sk.sketched(d) else d
+
+    def _tables(self, round_seed: int) -> np.ndarray:
+        from fedpress.codecs.sketch import hash_tables
+
+        rng = np.random.default_rng([int(round_seed) & 0xFFFFFFFFFFFFFFFF, 0x5C7])
+        return hash_tables(rng, self.sketch.rows)
+
+    def _sketch(self, vec: np.ndarray, round_seed: int) -> np.ndarray:
+        """The round's sketch of the whole update, flat (R·C values, float64), or the values
+        themselves when d ≤ R·C."""
+        from fedpress.codecs.sketch import sketch_of
+
+        d = vec.size
+        if not self.sketch.sketched(d):
+            return np.array(vec, np.float64)
+        return sketch_of(vec, self._tables(round_seed), self.sketch.columns(d)).reshape(-1)
+
+    def _unsketch(self, vals: np.ndarray, d: int, round_seed: int) -> np.ndarray:
+        """The d estimates from a (summed) flat sketch, top-k'd with ``k`` (float64)."""
+        from fedpress.codecs.sketch import keep_top, unsketch
+
+        sk = self.sketch
+        vals = np.array(vals, np.float64)
+        if not sk.sketched(d):
+            return keep_top(vals, sk.k)
+        return unsketch(vals.reshape(sk.rows, -1), d, self._tables(round_seed), sk.est, sk.k)
 
     def _rotate(self, vec: np.ndarray, round_seed: int, *, forward: bool) -> np.ndarray:
         """The round's shared rotation of the concatenated kept values (or its inverse): a seeded
@@ -231,7 +321,7 @@ class SharedRangeCodec:
         for v in template.values():
             n = int(np.prod(_shape(v), dtype=np.int64))
             total += n if self.ratio is None else keep_count(n, self.ratio)
-        return total
+        return total if self.sketch is None else self._sketch_len(total)
 
     def encode(
         self,
@@ -245,10 +335,10 @@ class SharedRangeCodec:
         """Client-side: the update's codes (one flat integer array, tensors in dict order) and the
         codec state for this client's next round (``{"residual": ...}`` with ``ef``).
 
-        ``clip``: scale what is quantised (the update plus the ``ef`` residual) to L2 norm ≤ clip
-        first. Under DP this clip is the one that bounds sensitivity: the residual can carry an
-        earlier round's clipped-off mass, so clipping the update alone would not bound the codes;
-        what this clip removes stays in the residual.
+        ``clip``: scale what is quantised (the update plus the ``ef`` residual; with ``sketch``, its
+        sketch) to L2 norm ≤ clip first. Under DP this clip is the one that bounds sensitivity: the
+        residual can carry an earlier round's clipped-off mass, so clipping the update alone would
+        not bound the codes; what this clip removes stays in the residual.
         """
         residual = (state or {}).get("residual") if self.ef else None
         xs = {}
@@ -257,6 +347,8 @@ class SharedRangeCodec:
             if residual is not None and name in residual:
                 x = x + residual[name]
             xs[name] = x
+        if self.sketch is not None:
+            return self._encode_sketch(xs, round_seed, client_seed, clip)
         # The new residual is measured against the unclipped values: what the clip removes is
         # sent in a later round.
         wanted = xs
@@ -271,10 +363,7 @@ class SharedRangeCodec:
             kept = np.split(self._rotate(np.concatenate(kept), round_seed, forward=True), np.cumsum(sizes)[:-1])
         parts, recs = [], []
         for t, seg in enumerate(kept):
-            u = None
-            if self.rounding == "stochastic":
-                u = np.random.default_rng([int(client_seed) & 0xFFFFFFFFFFFFFFFF, t, 0x5EC]).random(seg.size)
-            lev, rec = fixed_quantize(seg, self.bits, self.lo, self.hi, self.rounding, u)
+            lev, rec = self._quantise(seg, t, client_seed)
             parts.append(lev)
             recs.append(rec)
         codes = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
@@ -293,20 +382,62 @@ class SharedRangeCodec:
             new_res[name] = wanted[name] - full
         return codes, {"residual": new_res}
 
-    def decode_sum(
-        self, sum_codes: np.ndarray, n_clients: int, template: dict[str, Any], *, round_seed: int
-    ) -> dict:
-        """Server-side: Σ values = Σ codes · scale + n_clients · lo on the kept positions (zero
-        elsewhere; × n/k with ``randk:unbiased=1``), as float32 torch tensors shaped like
-        ``template``."""
-        import torch
+    def _quantise(self, seg: np.ndarray, t: int, client_seed: int) -> tuple[np.ndarray, np.ndarray]:
+        u = None
+        if self.rounding == "stochastic":
+            u = np.random.default_rng([int(client_seed) & 0xFFFFFFFFFFFFFFFF, t, 0x5EC]).random(seg.size)
+        return fixed_quantize(seg, self.bits, self.lo, self.hi, self.rounding, u)
 
+    def _encode_sketch(self, xs: dict, round_seed: int, client_seed: int, clip: float | None):
+        sizes = [x.size for x in xs.values()]
+        vec = np.concatenate(list(xs.values())) if xs else np.zeros(0)
+        s = self._sketch(vec, round_seed)
+        if clip is not None:
+            # The clip bounds what is quantised and summed: the sketch (see the class doc).
+            norm = float(np.sqrt(np.dot(s, s)))
+            if norm > clip:
+                s = s * (clip / norm)
+        codes, rec = self._quantise(s, 0, client_seed)
+        if not self.ef:
+            return codes, {}
+        # What the server would decode from this client's codes alone (the approximation of
+        # FetchSGD's error accumulation described in the class doc); the residual is taken
+        # against the unclipped values, so what the clip removes is sent later.
+        own = self._unsketch(rec, vec.size, round_seed)
+        res = np.split(vec - own, np.cumsum(sizes)[:-1]) if sizes else []
+        return codes, {"residual": dict(zip(xs, res, strict=True))}
+
+    def code_space_sum(self, sum_codes: np.ndarray, n_clients: int, template: dict[str, Any]) -> np.ndarray:
+        """Server-side: Σ values = Σ codes · scale + n_clients · lo, as they were quantised (kept
+        positions, rotated, or the sketch), float64. :meth:`from_code_space` maps it to tensors."""
         s = np.asarray(sum_codes)
         if s.shape != (self.vector_len(template),):
             raise ValueError(
                 f"expected {self.vector_len(template)} summed codes, got shape {s.shape}"
             )
-        every = s.astype(np.float64) * self.scale + n_clients * self.lo
+        return s.astype(np.float64) * self.scale + n_clients * self.lo
+
+    def decode_sum(
+        self, sum_codes: np.ndarray, n_clients: int, template: dict[str, Any], *, round_seed: int
+    ) -> dict:
+        """Server-side: Σ values = Σ codes · scale + n_clients · lo on the kept positions (zero
+        elsewhere; × n/k with ``randk:unbiased=1``; unsketched with ``sketch``), as float32 torch
+        tensors shaped like ``template``."""
+        return self.from_code_space(self.code_space_sum(sum_codes, n_clients, template), template,
+                                    round_seed=round_seed)
+
+    def from_code_space(self, every: np.ndarray, template: dict[str, Any], *, round_seed: int) -> dict:
+        """Summed values in code space (:meth:`code_space_sum`, possibly with DP noise added there)
+        back to float32 torch tensors shaped like ``template``: rht's inverse rotation, the sketch's
+        unsketching, randk's scatter (× n/k with ``unbiased=1``)."""
+        import torch
+
+        every = np.array(every, np.float64)  # a copy: randk's rescaling below works in place
+        if every.shape != (self.vector_len(template),):
+            raise ValueError(f"expected {self.vector_len(template)} values, got shape {every.shape}")
+        if self.sketch is not None:
+            d = sum(int(np.prod(_shape(v), dtype=np.int64)) for v in template.values())
+            every = self._unsketch(every, d, round_seed)
         if self.rht_block is not None and every.size:
             every = self._rotate(every, round_seed, forward=False)  # linear: the sum's inverse
         out, pos = {}, 0

@@ -194,12 +194,23 @@ class SecureRound:
                         dp_noise_std_mean=dn.sigma * n ** 0.5 * codec.scale / n,
                         dp_noise_multiplier=dn.noise_multiplier, ddp_dim=dn.dim)
         elif clip is not None:
+            import torch
+
             from fedpress.privacy.dp import dp_mean_from_sum, secagg_sensitivity
 
-            s = codec.decode_sum(total, len(received), template, round_seed=self.round_seed)
             sens = secagg_sensitivity(clip, codec.error_bound(), codec.vector_len(template))
-            mean, dpm = dp_mean_from_sum(s, sensitivity=sens, noise_multiplier=noise, denominator=denominator,
-                                         seed=dp_seed, round=rnd + 1)
+            if codec.noise_in_code_space:
+                # A sketch: the sensitivity holds for the summed sketch, so the noise goes there and
+                # unsketching the noisy mean is post-processing (it commutes with the division).
+                vec = codec.code_space_sum(total, len(received), template)
+                m, dpm = dp_mean_from_sum({"codes": torch.from_numpy(vec)}, sensitivity=sens,
+                                          noise_multiplier=noise, denominator=denominator, seed=dp_seed,
+                                          round=rnd + 1)
+                mean = codec.from_code_space(m["codes"].double().numpy(), template, round_seed=self.round_seed)
+            else:
+                s = codec.decode_sum(total, len(received), template, round_seed=self.round_seed)
+                mean, dpm = dp_mean_from_sum(s, sensitivity=sens, noise_multiplier=noise,
+                                             denominator=denominator, seed=dp_seed, round=rnd + 1)
             accountant.step()
             priv.update(dpm)
             priv["dp_epsilon"] = accountant.epsilon()
