@@ -56,7 +56,7 @@ from fedpress.fl.strategies import make_strategy
 from fedpress.sim import network as netmod
 from fedpress.sim import round_steps as steps
 from fedpress.sim.backends import ClientJob, make_backend
-from fedpress.sim.results import write_results
+from fedpress.sim.results import target_fields, write_results
 from fedpress.sim.runner import SimResult, _metric_fn, as_tensors, derive_seed
 from fedpress.wire import Structure
 
@@ -495,10 +495,7 @@ class AsyncSimulation:
             **self.extra_summary,
         }
         if self.target is not None:
-            hit = next((h for h in hist if h["metric"] is not None and h["metric"] >= self.target), None)
-            summary.update(target=self.target, rounds_to_target=hit["round"] if hit else None,
-                           sim_seconds_to_target=hit["sim_seconds"] if hit else None,
-                           uplink_bytes_to_target=hit["cum_uplink_bytes"] if hit else None)
+            summary.update(target_fields(hist, self.target))
         if self.out_dir:
             write_results(self.out_dir, hist, summary)
         return SimResult(hist, summary, st["G"])

@@ -68,12 +68,22 @@ def summarize(sim, st: dict, wall: float) -> dict:
     if sim.secagg:
         summary["secagg_overhead_bytes"] = st["secagg_overhead"]
     if sim.target is not None:
-        hit = next((h for h in hist if h["metric"] >= sim.target), None)
-        summary["target"] = sim.target
-        summary["rounds_to_target"] = hit["round"] if hit else None
-        summary["sim_seconds_to_target"] = hit["sim_seconds"] if hit else None
-        summary["uplink_bytes_to_target"] = hit["cum_uplink_bytes"] if hit else None
+        summary.update(target_fields(hist, sim.target))
     return summary
+
+
+def target_fields(hist: list[dict], target: float) -> dict:
+    """When a run first reached ``target`` (rounds, simulated seconds, uplink bytes; None when it
+    never did). Rows without a metric (not evaluated that step) are skipped.
+
+    >>> target_fields([{"round": 1, "metric": 0.5, "sim_seconds": 2.0, "cum_uplink_bytes": 10},
+    ...                {"round": 2, "metric": 0.9, "sim_seconds": 4.0, "cum_uplink_bytes": 20}], 0.8)
+    {'target': 0.8, 'rounds_to_target': 2, 'sim_seconds_to_target': 4.0, 'uplink_bytes_to_target': 20}
+    """
+    hit = next((h for h in hist if h["metric"] is not None and h["metric"] >= target), None)
+    return {"target": target, "rounds_to_target": hit["round"] if hit else None,
+            "sim_seconds_to_target": hit["sim_seconds"] if hit else None,
+            "uplink_bytes_to_target": hit["cum_uplink_bytes"] if hit else None}
 
 
 def write_results(out_dir: Path, history: list[dict], summary: dict) -> None:
