@@ -4,8 +4,10 @@
 
 Every run uses secure aggregation (the server only unmasks the sum of the clients' codes). Top-k
 cannot run there (its positions differ per client); random-k can (positions shared by the round),
-and so can a count sketch (``[ef+]sketch:...+q:bits=8``: hashes shared by the round, the server
-unsketches the summed sketch and keeps its top k). For each codec: final and best metric (mean ±
+and so can a count sketch (``sketch:...+q:bits=8``: hashes shared by the round, the server
+unsketches the summed sketch and keeps its top k; ``ef+sketch``: FetchSGD's server-side error
+feedback, the server keeps an error sketch across rounds with hashes fixed for the run, see
+:class:`fedpress.privacy.codes.SharedRangeCodec`). For each codec: final and best metric (mean ±
 sample std over the seeds, the same seeds for every codec), the payload codes per client upload,
 the uplink bytes of one run (masked codes + key agreement and shares; mean over the seeds) and
 what secure aggregation added in both directions (``secagg_overhead_bytes``).
@@ -25,7 +27,8 @@ from fedpress.sim.experiment import RunConfig, run_experiment
 
 #: Similar uplink codes per upload on digits' MLP (4810 values): randk 5 % = 242 codes against
 #: sketches of 240 (1 x 240, 3 x 80), randk 20 % = 963 against 900 (1 x 900, 3 x 300); k: about
-#: the number of codes (240), or 10 % of the model (480). With and without error feedback.
+#: the number of codes (240), or 10 % of the model (480). With and without error feedback (client-side
+#: for randk, server-side for the sketches).
 DEFAULT_CODECS = [
     "q:bits=8",
     "ef+randk:ratio=0.05+q:bits=8",

@@ -332,19 +332,123 @@ def test_sketch_through_masked_secure_aggregation_with_a_dropout():
     assert np.abs(flat[shared] - truth[shared]).max() < 0.03
 
 
-def test_sketch_error_feedback_keeps_what_the_server_would_not_decode():
+def test_ef_sketch_is_server_side_the_client_keeps_no_residual():
     ups, _ = _sketch_updates(1, seed=2)
-    codec = SharedRangeCodec("ef+sketch:cols=300,k=10+q:bits=8")
+    ef, plain = SharedRangeCodec("ef+sketch:cols=300,k=10+q:bits=8"), SharedRangeCodec("sketch:cols=300,k=10+q:bits=8")
+    assert ef.server_ef and not ef.ef and not plain.server_ef
+    ok, why = secagg_compatible("ef+sketch:cols=300,k=10+q:bits=8")
+    assert ok and "server-side error feedback" in why and "no residual" in why and "caution" not in why
+    for c in (ef, plain):
+        c.set_range(1.0)
+    codes, st = ef.encode(ups[0], round_seed=5, client_seed=1)
+    assert st == {}
+    np.testing.assert_array_equal(codes, plain.encode(ups[0], round_seed=5, client_seed=1)[0])
+    with pytest.raises(ValueError, match="server-side"):
+        plain.accumulate(np.zeros(1500), None, ups[0], sketch_seed=1)
+
+
+def _flat_of(d):
+    return np.concatenate([v.double().numpy().ravel() for v in d.values()])
+
+
+def test_server_error_sketch_follows_fetchsgd_recursion():
+    """Over a few rounds, S_e ← S_e + mean; Δ = top-k(unsketch(S_e)); the buckets of Δ's
+    coordinates zeroed in S_e (every row), recomputed by hand with the stage's own functions."""
+    from fedpress.codecs.sketch import hash_tables, sketch_of, unsketch
+
+    codec = SharedRangeCodec("ef+sketch:cols=40,rows=3,k=6+q:bits=8")
+    template = {"w": (30, 10), "b": (50,)}  # d = 350 > R·C = 120
+    rng = np.random.default_rng(0)
+    tables = hash_tables(np.random.default_rng([9, 0x5C7]), 3)
+    np.testing.assert_array_equal(tables, codec._tables(9))  # the run's hashes, as the codec draws them
+    err, mine = None, np.zeros((3, 40))
+    for _ in range(4):
+        x = rng.normal(0, 0.01, 350)
+        x[rng.choice(350, 4, replace=False)] += rng.choice([-1.0, 1.0], 4)
+        mean = sketch_of(x, tables, 40)  # a round's mean sketch (the codec's own map, float64)
+        delta, err = codec.accumulate(mean.ravel(), err, template, sketch_seed=9)
+        # by hand
+        mine = mine + mean
+        want = unsketch(mine, 350, tables, "median", 6).astype(np.float32)
+        got = _flat_of(delta)
+        np.testing.assert_array_equal(got, want)
+        assert np.count_nonzero(got) == 6 and delta["w"].shape == (30, 10) and delta["w"].dtype == torch.float32
+        hit = np.zeros((3, 40), bool)
+        for j in np.flatnonzero(want):  # each applied coordinate's bucket in every row: its unit sketch
+            e = np.zeros(350)
+            e[j] = 1.0
+            hit |= sketch_of(e, tables, 40) != 0
+        assert hit.any(axis=1).all()
+        # the applied step's sketch is gone from the error (every bucket where S(Δ) is nonzero is zero),
+        # the rest is carried over untouched
+        assert not err.reshape(3, 40)[sketch_of(want.astype(np.float64), tables, 40) != 0].any()
+        mine[hit] = 0.0
+        np.testing.assert_array_equal(err.reshape(3, 40), mine)
+        # nothing applied is applied again: the error unsketches to 0 on Δ's coordinates
+        assert not unsketch(mine, 350, tables)[np.flatnonzero(want)].any()
+
+
+def test_server_error_feedback_small_model_is_exact_top_k_ef():
+    """d ≤ R·C: the values travel as they are and the server's error feedback is exact top-k EF."""
+    codec = SharedRangeCodec("ef+sketch:cols=100,rows=3,k=2+q:bits=8")
+    template = {"w": (10,)}
+    err, acc = None, np.zeros(10)
+    for m in (np.arange(10) / 10.0, -np.ones(10) / 4, np.linspace(1, -1, 10)):
+        delta, err = codec.accumulate(m, err, template, sketch_seed=1)
+        acc += m
+        top = np.argsort(-np.abs(acc), kind="stable")[:2]
+        want = np.zeros(10)
+        want[top] = acc[top]
+        np.testing.assert_allclose(delta["w"].numpy(), want, rtol=1e-6)
+        acc[top] = 0.0
+        np.testing.assert_allclose(err, acc)
+
+
+def test_secure_round_with_server_side_error_feedback():
+    """SecureRound with ef+sketch: hashes from the run's sketch seed (the round seed changes, the
+    heavy hitters still decode), the error sketch carried in and out, and under central DP the noise added to the mean
+    sketch before it is accumulated (Δ still exactly k nonzeros)."""
+    from fedpress.sim.privacy_round import SecureRound
+
+    class _Acct:
+        def step(self, *a):
+            pass
+
+        def epsilon(self):
+            return 1.0
+
+    ups, shared = _sketch_updates(4, seed=4)
+    codec = SharedRangeCodec("ef+sketch:cols=300,k=5+q:bits=8")
+    template = {k: tuple(v.shape) for k, v in ups[0].items()}
     codec.set_range(1.0)
-    codes, st = codec.encode(ups[0], round_seed=5, client_seed=1)
-    own = codec.decode_sum(codes.astype(np.int64), 1, ups[0], round_seed=5)
-    for k in ups[0]:
-        assert st["residual"][k].shape == (ups[0][k].numel(),)
-        np.testing.assert_allclose(st["residual"][k] + own[k].double().numpy().ravel(),
-                                   ups[0][k].double().numpy().ravel(), atol=1e-6)
-    assert sum(np.count_nonzero(own[k].numpy()) for k in own) == 10
-    _, st2 = codec.encode(ups[0], round_seed=6, client_seed=1, state=st)  # the residual comes back
-    assert not np.allclose(st2["residual"]["a"], st["residual"]["a"])
+    with pytest.raises(ValueError, match="sketch_seed"):
+        SecureRound(codec, list(range(4)), template, threshold=None, neighbors=None, seed=1, round_seed=2)
+    err = None
+    for rnd, round_seed in enumerate((2, 3)):
+        sr = SecureRound(codec, list(range(4)), template, threshold=None, neighbors=None, seed=rnd,
+                         round_seed=round_seed, sketch_seed=77)
+        sent = {c: sr.upload(c, ups[c], encode_seed=c, state=None) for c in range(4)}
+        assert all(state == {} for _, state in sent.values())  # no client residual
+        received = {c: blob for c, (blob, _) in sent.items()}
+        mean, priv, _, _ = sr.aggregate(received, rnd, accountant=None, clip=None, noise=None, denominator=4,
+                                        dp_seed=0, sketch_error=err)
+        flat = _flat_of(mean)
+        assert np.count_nonzero(flat) == 5
+        np.testing.assert_array_equal(np.flatnonzero(flat), np.sort(shared))
+        assert sr.sketch_error.shape == (codec.vector_len(template),)
+        assert sr.round_seed == 77  # the codec's seed is the run's, not the round's
+        if rnd:  # the same hashes both rounds (the run's seed): the error sketch adds up
+            assert not np.array_equal(sr.sketch_error, err)
+        err = sr.sketch_error
+    # central DP: the noise is in the mean sketch, the accumulation is post-processing of it
+    codec.set_range(codec.dp_range(1.0, codec.vector_len(template)))
+    sr = SecureRound(codec, list(range(4)), template, threshold=None, neighbors=None, seed=5, round_seed=5,
+                     sketch_seed=77)
+    received = {c: sr.upload(c, ups[c], encode_seed=c, state=None, clip=1.0)[0] for c in range(4)}
+    mean, priv, _, _ = sr.aggregate(received, 2, accountant=_Acct(), clip=1.0, noise=0.05, denominator=4,
+                                    dp_seed=0, sketch_error=err)
+    assert np.count_nonzero(_flat_of(mean)) == 5 and priv["dp_noise_std"] > 0
+    assert not np.array_equal(sr.sketch_error, err)
 
 
 def test_dp_clip_bounds_the_summed_sketch_not_only_the_update():

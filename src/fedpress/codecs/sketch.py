@@ -87,10 +87,13 @@ positives, the residual takes that noise back, and it grows round after round. M
 aggregate grew without bound: the shared range, 4x its peak, went from 1 to 2·10⁵-3·10⁷ in 40
 rounds); with this stage's exact error feedback, without secure aggregation,
 ``ef+sketch:cols=240,rows=1,k=240+q:bits=8`` ended at 0.23 (one seed). Use ``ef`` only with
-sketches large enough to resolve what they keep. FetchSGD instead keeps momentum and the error
-accumulator *in sketch space on the server* (possible because sketches are linear) and sends the
-recovered top-k back; that is not implemented here (see :mod:`fedpress.privacy.codes` for the
-client-side approximation under secure aggregation).
+sketches large enough to resolve what they keep. FetchSGD instead keeps the error accumulator *in
+sketch space on the server* (possible because sketches are linear): under secure aggregation
+``ef+sketch`` means exactly that (clients keep no residual; the server accumulates the summed
+sketches with hashes fixed for the run, applies the top-k and zeroes its buckets:
+:meth:`fedpress.privacy.codes.SharedRangeCodec.accumulate`), which no longer diverges there
+(digits, 3 seeds: 0.904 ± 0.005 at 900 codes vs 0.888 ± 0.015 without ``ef``; 0.794 ± 0.056 vs
+0.838 ± 0.023 at 240). FetchSGD's momentum in sketch space is not implemented.
 """
 
 from __future__ import annotations

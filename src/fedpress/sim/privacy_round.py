@@ -123,12 +123,25 @@ class SecureRound:
     With ``distributed=(clip, z)`` each client adds discrete Gaussian noise to its codes before
     masking (:mod:`fedpress.privacy.ddp`): sized so that the fewest clients the protocol can unmask
     (its threshold) carry noise z·Δ₂ together, on a modulus sized for the noisy sum.
+
+    With ``ef+sketch`` (:attr:`SharedRangeCodec.server_ef`, FetchSGD's server-side error feedback)
+    the sketch's hashes come from ``sketch_seed``, fixed for the run (the error sketch adds sketches
+    of different rounds), instead of ``round_seed``; the masks stay per round (``seed``).
+    :meth:`aggregate` then takes the error sketch kept from the last round and leaves the new one
+    in :attr:`sketch_error` for the runner to store.
     """
 
     def __init__(self, codec, online: list[int], template: dict[str, tuple], *, threshold: int | None,
                  neighbors: int | None, seed: int, round_seed: int,
-                 distributed: tuple[float, float] | None = None):
+                 distributed: tuple[float, float] | None = None, sketch_seed: int | None = None):
         from fedpress.privacy.secagg import SecAggRound
+
+        if getattr(codec, "server_ef", False):
+            if sketch_seed is None:
+                raise ValueError("ef+sketch under secure aggregation needs a sketch_seed fixed for the run")
+            round_seed = sketch_seed  # the codec's only use of the round seed is the sketch's hashes
+        #: The error sketch after :meth:`aggregate` (``ef+sketch``), else None.
+        self.sketch_error = None
 
         n_on = len(online)
         holders = n_on if neighbors is None else min(n_on, neighbors + 1)
@@ -159,15 +172,22 @@ class SecureRound:
         return self.sa.mask(client, codes), state
 
     def aggregate(self, received: dict[int, bytes], rnd: int, *, accountant, clip: float | None,
-                  noise: float | None, denominator: int, dp_seed: int):
+                  noise: float | None, denominator: int, dp_seed: int, sketch_error: np.ndarray | None = None):
         """The mean of the ``received`` uploads (clients of :attr:`online` missing from it dropped),
         with DP noise added to the sum when ``clip`` is set.
+
+        With ``ef+sketch`` the "mean" is FetchSGD's step instead: the mean sketch (noisy under DP,
+        central or distributed: the noise is in it before anything else) is added to
+        ``sketch_error`` and the top-k of the result applied (:meth:`SharedRangeCodec.accumulate`),
+        post-processing of the noisy mean; the new error sketch is left in :attr:`sketch_error`
+        (unchanged when unmasking fails).
 
         Returns (mean or None when unmasking failed, the row's privacy fields, (unmasking bytes up,
         unmasking bytes down), overhead bytes of this round). ``accountant`` steps once under DP.
         """
         from fedpress.privacy.masking import SecAggError
 
+        self.sketch_error = sketch_error
         dropped = set(self.online) - set(received)
         priv: dict[str, Any] = {}
         try:
@@ -186,7 +206,10 @@ class SecureRound:
             # Distributed DP: the noise is already in the sum; read it back in the centred range
             # and divide by the (public) number of uploads.
             dn, n = self.noise, len(received)
-            mean = codec.decode_mean(dn.centred_sum(total, n), n, template, round_seed=self.round_seed)
+            if codec.server_ef:
+                mean = self._step(codec.code_space_sum(dn.centred_sum(total, n), n, template) / n)
+            else:
+                mean = codec.decode_mean(dn.centred_sum(total, n), n, template, round_seed=self.round_seed)
             accountant.step(dn.zcdp())
             priv.update(dp_mode="distributed", dp_epsilon=accountant.epsilon(), dp_min_clients=dn.min_clients,
                         dp_local_sigma_codes=dn.sigma, dp_sensitivity=dn.l2 * codec.scale,
@@ -206,7 +229,9 @@ class SecureRound:
                 m, dpm = dp_mean_from_sum({"codes": torch.from_numpy(vec)}, sensitivity=sens,
                                           noise_multiplier=noise, denominator=denominator, seed=dp_seed,
                                           round=rnd + 1)
-                mean = codec.from_code_space(m["codes"].double().numpy(), template, round_seed=self.round_seed)
+                vec = m["codes"].double().numpy()
+                mean = (self._step(vec) if codec.server_ef else
+                        codec.from_code_space(vec, template, round_seed=self.round_seed))
             else:
                 s = codec.decode_sum(total, len(received), template, round_seed=self.round_seed)
                 mean, dpm = dp_mean_from_sum(s, sensitivity=sens, noise_multiplier=noise,
@@ -214,9 +239,17 @@ class SecureRound:
             accountant.step()
             priv.update(dpm)
             priv["dp_epsilon"] = accountant.epsilon()
+        elif codec.server_ef:
+            mean = self._step(codec.code_space_sum(total, len(received), template) / len(received))
         else:
             mean = codec.decode_mean(total, len(received), template, round_seed=self.round_seed)
         return mean, priv, extra, over
+
+    def _step(self, mean_codes: np.ndarray) -> dict:
+        """FetchSGD's server step from the round's mean sketch; keeps the new error sketch."""
+        delta, self.sketch_error = self.codec.accumulate(mean_codes, self.sketch_error, self.template,
+                                                         sketch_seed=self.round_seed)
+        return delta
 
 
 def next_shared_range(codec, mean: dict | None, *, clip: float | None, current: float) -> float:

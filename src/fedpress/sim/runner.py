@@ -305,6 +305,8 @@ class Simulation:
             # q with a shared scale under SecAgg: the range for round 0 (the clip when clipping, so
             # nothing is clamped); afterwards 4x the largest coordinate of the last aggregate.
             "secagg_range": float(self.dp_clip) if self.dp_clip else 1.0,
+            # ef+sketch under SecAgg: the server's error sketch (FetchSGD), carried across rounds.
+            "sketch_error": None,
             "timing": {"train_s": 0.0, "encode_s": 0.0, "decode_aggregate_s": 0.0, "eval_s": 0.0, "total_s": 0.0},
         }
 
@@ -437,7 +439,7 @@ class Simulation:
             return None
         return SecureRound(self._sa_codec, online, template, threshold=self.secagg_threshold,
                            neighbors=self.secagg_neighbors, seed=derive_seed(self.seed, t, 31),
-                           round_seed=derive_seed(self.seed, t, 33),
+                           round_seed=derive_seed(self.seed, t, 33), sketch_seed=derive_seed(self.seed, 35),
                            distributed=(self.dp_clip, self.dp_noise) if self.dp_mode == "distributed" else None)
 
     def _train(self, st, t, online, plan, secure, float_keys, masks,
@@ -511,7 +513,9 @@ class Simulation:
             received = {r.client: r.blob for r in results if r.client in kept}
             mean, priv, extra, over = secure.aggregate(
                 received, t, accountant=st["accountant"], clip=self.dp_clip, noise=self.dp_noise,
-                denominator=self.per_round, dp_seed=derive_seed(self.seed, 57) & 0x7FFFFFFF)
+                denominator=self.per_round, dp_seed=derive_seed(self.seed, 57) & 0x7FFFFFFF,
+                sketch_error=st.get("sketch_error"))
+            st["sketch_error"] = secure.sketch_error
             st["secagg_overhead"] += over
             st["secagg_range"] = next_shared_range(self._sa_codec, mean, clip=self.dp_clip,
                                                    current=st["secagg_range"])
