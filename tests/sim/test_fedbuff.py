@@ -232,9 +232,50 @@ def test_bad_arguments_are_one_clear_error(kw, match):
         _async(**kw)
 
 
-def test_no_resume():
-    with pytest.raises(ValueError, match="resume"):
-        _async().run(resume="somewhere")
+@pytest.mark.parametrize("kw", [
+    # slow mixed links with jitter: clients started before the checkpoint arrive after it, stale
+    {"network": "mixed", "jitter": 0.3, "codec": "ef+topk:ratio=0.1+q:bits=8", "down_codec": "q:bits=8",
+     "strategy": "fedadam", "server_lr": 0.05},
+    # identical zero-latency links, K=2 of M=4 arriving together: the checkpoint is taken mid-cohort,
+    # with two arrivals of that instant still to take in
+    {"network": "none", "buffer": 2, "concurrency": 4, "codec": "ef+powersgd:rank=2+q:bits=8"},
+])
+def test_resumed_run_equals_uninterrupted(tmp_path, kw):
+    kw = {"checkpoint_every": 3, **kw}
+    full = _async(rounds=6, out_dir=tmp_path / "full", **kw).run()
+    part = _async(rounds=3, out_dir=tmp_path / "part", **kw).run()  # "interrupted" after step 3
+    st = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)
+    assert len(st["history"]) == 3 and st["flights"] and st["heap"]  # clients in flight span it
+    assert any(f.blob is not None for f in st["flights"].values())
+    assert any(s for s in st["client_states"].values())  # error-feedback residuals saved
+    resumed = _async(rounds=6, out_dir=tmp_path / "part", **kw).run(resume=tmp_path / "part")
+    assert part.history == full.history[:3]
+    assert resumed.history == full.history
+    assert all(torch.equal(resumed.params[k], full.params[k]) for k in full.params)
+    assert (tmp_path / "full" / "metrics.jsonl").read_bytes() == (tmp_path / "part" / "metrics.jsonl").read_bytes()
+    assert max(h["staleness_max"] for h in full.history[3:]) > 0 or kw["network"] == "none"
+    for key in ("client_updates", "client_starts", "total_uplink_bytes", "total_downlink_bytes", "sim_seconds"):
+        assert resumed.summary[key] == full.summary[key], key
+    # the full run saved at steps 3 and 6; resuming its final checkpoint has nothing left to do
+    again = _async(rounds=6, out_dir=tmp_path / "again", **kw).run(resume=tmp_path / "full")
+    assert again.history == full.history
+
+
+def test_checkpoint_needs_out_dir_and_resume_needs_an_async_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="out_dir"):
+        _async(checkpoint_every=2)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        _async(checkpoint_every=-1, out_dir=tmp_path)
+    with pytest.raises(FileNotFoundError):
+        _async().run(resume=tmp_path / "nothing")
+    clients, test = blobs()
+    Simulation(mlp, clients, test, rounds=2, per_round=4, metric=accuracy, checkpoint_every=2,
+               out_dir=tmp_path / "sync").run()
+    with pytest.raises(ValueError, match="not an asynchronous"):
+        _async().run(resume=tmp_path / "sync")
+    _async(rounds=2, checkpoint_every=2, out_dir=tmp_path / "async").run()
+    with pytest.raises(ValueError, match="not a synchronous"):
+        Simulation(mlp, clients, test, rounds=3, per_round=4, metric=accuracy).run(resume=tmp_path / "async")
 
 
 @pytest.mark.parametrize(("kw", "flag"), [
@@ -282,6 +323,16 @@ def test_run_experiment_and_cli_write_the_report_files(tmp_path):
         assert (out / name).exists(), name
     summ = json.loads((out / "summary.json").read_text())
     assert summ["staleness"] == "hinge:a=1,b=1" and summ["rounds"] == 2
+    # --checkpoint-every / --resume: a run stopped after 2 steps and resumed to 4 equals 4 at once
+    base = ["run", "--scenario", "digits", "--clients", "6", "--codec", "ef+topk:ratio=0.1+q:bits=8",
+            "--async-buffer", "2", "--concurrency", "4", "--network", "mixed", "--checkpoint-every", "2", "--quiet"]
+    for args in (["--rounds", "4", "--out", str(tmp_path / "whole")],
+                 ["--rounds", "2", "--out", str(tmp_path / "cut")],
+                 ["--rounds", "4", "--out", str(tmp_path / "cut"), "--resume", str(tmp_path / "cut")]):
+        r = CliRunner().invoke(app, base + args)
+        assert r.exit_code == 0, r.output
+    assert (tmp_path / "cut" / "checkpoint.pt").exists()
+    assert (tmp_path / "whole" / "metrics.jsonl").read_bytes() == (tmp_path / "cut" / "metrics.jsonl").read_bytes()
     r = CliRunner().invoke(app, ["run", "--scenario", "digits", "--async-buffer", "2", "--secagg", "--codec",
                                  "q:bits=8", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--async-buffer cannot be combined with --secagg" in r.output

@@ -182,7 +182,6 @@ class RunConfig:
             (self.sampling is not None, "--sampling", "clients are started as others finish"),
             (self.dropout > 0, "--dropout", "it models clients vanishing from a synchronous round"),
             (self.per_round is not None, "--per-round", "use --concurrency (clients in flight)"),
-            (self.checkpoint_every > 0, "--checkpoint-every", "the asynchronous runner does not checkpoint"),
         )
         for bad, flag, why in synchronous:
             if bad:
@@ -297,7 +296,7 @@ def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress
             strategy=cfg.strategy, server_lr=cfg.server_lr, prox_mu=cfg.prox_mu, l1=cfg.l1, l2=cfg.l2,
             network=cfg.network or sc.network, metric=sc.metric, per_client_eval=cfg.per_client_eval,
             target=cfg.target, scenario=sc.name, out_dir=out_dir, progress=progress, jitter=cfg.jitter,
-            backend=cfg.backend, aggregate=cfg.aggregate,
+            backend=cfg.backend, aggregate=cfg.aggregate, checkpoint_every=cfg.checkpoint_every,
             backend_options=({"address": cfg.ray_address, "num_cpus": cfg.workers}
                              if cfg.backend == "ray" else None),
             extra_summary=extra,

@@ -31,6 +31,12 @@ arrives together and the run is, row for row, the synchronous FedAvg run with ``
 
 A client that crashes in training is dropped with a warning when it would have finished training
 and replaced; it never takes the run down.
+
+``checkpoint_every=N`` saves the whole run state (G, the strategy and codec states, the in-flight
+clients with their blobs, the clock, the counters, the history) to ``out_dir/checkpoint.pt`` after
+every N-th server step; ``run(resume=DIR)`` continues from it exactly where the step left off (the
+arrivals of that instant not yet taken in included), so a resumed run equals an uninterrupted one.
+No random draw comes from a running generator: every one is seeded by (seed, counters in the state).
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from fedpress.fl.strategies import make_strategy
 from fedpress.sim import network as netmod
 from fedpress.sim import round_steps as steps
 from fedpress.sim.backends import ClientJob, make_backend
-from fedpress.sim.results import target_fields, write_results
+from fedpress.sim.results import CHECKPOINT, target_fields, write_results
 from fedpress.sim.runner import SimResult, _metric_fn, as_tensors, derive_seed
 from fedpress.wire import Structure
 
@@ -131,7 +137,9 @@ class AsyncSimulation:
     version and a broadcast delta would not fit them all. ``staleness``: see
     :func:`staleness_weight`. ``eval_every``: evaluate every N steps (and the last); other rows have
     ``metric`` None. Secure aggregation, DP, codec policies, robust aggregation rules, attacks,
-    pruning and deadlines assume synchronous rounds and are not offered.
+    pruning and deadlines assume synchronous rounds and are not offered. ``checkpoint_every``: save
+    the run state to ``out_dir/checkpoint.pt`` every N server steps; ``run(resume=DIR)`` continues
+    from it (see :func:`save_async_checkpoint`).
 
     >>> import torch
     >>> torch.manual_seed(0) and None
@@ -186,6 +194,7 @@ class AsyncSimulation:
         backend: str = "local",
         backend_options: dict | None = None,
         aggregate: str = "auto",
+        checkpoint_every: int = 0,
     ):
         if not client_datasets:
             raise ValueError("client_datasets is empty")
@@ -207,6 +216,12 @@ class AsyncSimulation:
             raise ValueError(f"concurrency ({self.concurrency}) exceeds the number of clients ({n})")
         if rounds is not None and updates is not None:
             raise ValueError("give rounds (server steps) or updates (client updates), not both")
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int | np.integer) \
+                or checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be a non-negative integer, got {checkpoint_every!r}")
+        if checkpoint_every and not out_dir:
+            raise ValueError("checkpointing needs out_dir")
+        self.checkpoint_every = int(checkpoint_every)
         self.rounds = rounds if rounds is not None else (-(-updates // self.buffer) if updates else 10)
         self.model_fn = model_fn
         self.test = as_tensors(test_dataset)
@@ -251,19 +266,18 @@ class AsyncSimulation:
 
     # ------------------------------------------------------------------ the run
     def run(self, resume: str | Path | None = None) -> SimResult:
-        """Run until ``rounds`` server steps have been taken."""
-        if resume is not None:
-            raise ValueError("the asynchronous runner does not checkpoint or resume")
+        """Run until ``rounds`` server steps have been taken (continuing from ``resume``'s checkpoint
+        when given)."""
         wall0 = time.perf_counter()
         old_threads = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
-            st = self._fresh_state()
+            st = load_async_checkpoint(resume) if resume is not None else self._fresh_state()
             model = (torch.manual_seed(self.seed), self.model_fn())[1]
             self._backend = make_backend(self.backend, self.model_fn, self.clients, **self.backend_options)
             try:
-                self._loop(st, model)
+                self._loop(st, model, resumed=resume is not None)
             finally:
                 self._backend.close()
             return self._finish(st, time.perf_counter() - wall0)
@@ -274,7 +288,8 @@ class AsyncSimulation:
         torch.manual_seed(self.seed)  # the synchronous runner's initial model, for the same seed
         params = {k: v.detach().clone() for k, v in self.model_fn().state_dict().items()}
         return {
-            "G": params, "version": 0, "strategy": self.strategy.init(params), "client_states": {},
+            "mode": "async", "G": params, "version": 0, "strategy": self.strategy.init(params),
+            "client_states": {},
             "now": 0.0, "heap": [], "flights": {}, "buffer": [], "dispatched": 0, "starts": {},
             "model_blob": None, "history": [], "cum_up": 0, "cum_down": 0,
             "period": self._period(0.0), "updates": 0, "failed": 0, "failed_since_arrival": set(),
@@ -286,24 +301,34 @@ class AsyncSimulation:
         """What happens between two server steps: the bytes moved, the starts and the crashes."""
         return {"t0": t0, "down": 0, "started": 0, "failed": 0}
 
-    def _loop(self, st: dict, model) -> None:
+    def _loop(self, st: dict, model, resumed: bool = False) -> None:
         float_keys = [k for k, v in st["G"].items() if v.is_floating_point()]
         eligible = {c for c, ln in enumerate(self.links) if ln.availability > 0}
         if self.out_dir:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._refill(st, float_keys)
+        if not resumed:
+            self._refill(st, float_keys)
         while len(st["history"]) < self.rounds:
-            if not st["heap"]:
+            if resumed:
+                # A checkpoint is taken just after a server step, at the instant st["now"]: the
+                # arrivals of that instant still in the heap are taken in before anyone starts.
+                t, resumed = st["now"], False
+            elif not st["heap"]:
                 warnings.warn(f"asynchronous run stopped after {len(st['history'])} server steps: no client "
                               "could be started", stacklevel=3)
                 return
-            # Arrivals at the same instant are all taken in (client order) before anyone starts:
-            # with identical links, a whole cohort arrives, the server steps, and a cohort starts.
-            t = st["heap"][0][0]
+            else:
+                # Arrivals at the same instant are all taken in (client order) before anyone starts:
+                # with identical links, a whole cohort arrives, the server steps, and a cohort starts.
+                t = st["heap"][0][0]
             while st["heap"] and st["heap"][0][0] == t and len(st["history"]) < self.rounds:
                 _, c = heapq.heappop(st["heap"])
                 st["now"] = t
+                stepped = len(st["history"])
                 self._arrive(st, st["flights"].pop(c), model, float_keys)
+                if (self.checkpoint_every and len(st["history"]) > stepped
+                        and len(st["history"]) % self.checkpoint_every == 0):
+                    save_async_checkpoint(st, self.out_dir)
             if (eligible and st["failed_since_arrival"] >= eligible
                     and all(f.blob is None for f in st["flights"].values())):
                 warnings.warn(f"asynchronous run stopped after {len(st['history'])} server steps: every client "
@@ -499,3 +524,26 @@ class AsyncSimulation:
         if self.out_dir:
             write_results(self.out_dir, hist, summary)
         return SimResult(hist, summary, st["G"])
+
+
+def save_async_checkpoint(st: dict, out_dir: Path) -> None:
+    """Write the asynchronous run state ``st`` to ``out_dir/checkpoint.pt`` (``torch.save``,
+    atomically: a partial file never replaces it). Everything in it is plain data (tensors, numpy
+    arrays, bytes, the :class:`_Flight` records of the clients in flight): no live generator."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / (CHECKPOINT + ".tmp")
+    torch.save(st, tmp)
+    tmp.replace(out_dir / CHECKPOINT)
+
+
+def load_async_checkpoint(resume: str | Path) -> dict:
+    """The asynchronous run state saved at ``resume`` (a checkpoint file, or the folder holding one).
+    A synchronous run's checkpoint is refused (ValueError)."""
+    path = Path(resume)
+    path = path / CHECKPOINT if path.is_dir() else path
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    st = torch.load(path, weights_only=False)
+    if not isinstance(st, dict) or st.get("mode") != "async":
+        raise ValueError(f"{path} is not an asynchronous (--async-buffer) run's checkpoint")
+    return st

@@ -33,6 +33,9 @@ def load_checkpoint(resume: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     st = torch.load(path, weights_only=False)
+    if st.get("mode") == "async" or "estimator" not in st:
+        raise ValueError(f"{path} is not a synchronous run's checkpoint (an asynchronous FedBuff one? "
+                         "resume it with the same --async-buffer)")
     est = LinkEstimator()
     est.load_state_dict(st["estimator"])
     st["estimator"] = est
