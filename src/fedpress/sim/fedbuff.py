@@ -41,7 +41,6 @@ No random draw comes from a running generator: every one is seeded by (seed, cou
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import logging
 import math
@@ -57,12 +56,12 @@ import torch
 
 from fedpress.codecs import Codec, compress, decompress
 from fedpress.fl.aggregators import make_aggregator
-from fedpress.fl.client import TrainConfig, evaluate_loss, predict_proba
+from fedpress.fl.client import TrainConfig
 from fedpress.fl.strategies import make_strategy
 from fedpress.sim import network as netmod
 from fedpress.sim import round_steps as steps
 from fedpress.sim.backends import ClientJob, make_backend
-from fedpress.sim.results import CHECKPOINT, target_fields, write_results
+from fedpress.sim.results import load_checkpoint, save_checkpoint, target_fields, write_results
 from fedpress.sim.runner import SimResult, _metric_fn, as_tensors, derive_seed
 from fedpress.wire import Structure
 
@@ -139,7 +138,7 @@ class AsyncSimulation:
     ``metric`` None. Secure aggregation, DP, codec policies, robust aggregation rules, attacks,
     pruning and deadlines assume synchronous rounds and are not offered. ``checkpoint_every``: save
     the run state to ``out_dir/checkpoint.pt`` every N server steps; ``run(resume=DIR)`` continues
-    from it (see :func:`save_async_checkpoint`).
+    from it (see :func:`~fedpress.sim.results.save_checkpoint`).
 
     >>> import torch
     >>> torch.manual_seed(0) and None
@@ -273,7 +272,7 @@ class AsyncSimulation:
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
-            st = load_async_checkpoint(resume) if resume is not None else self._fresh_state()
+            st = load_checkpoint(resume, mode="async") if resume is not None else self._fresh_state()
             model = (torch.manual_seed(self.seed), self.model_fn())[1]
             self._backend = make_backend(self.backend, self.model_fn, self.clients, **self.backend_options)
             try:
@@ -328,7 +327,7 @@ class AsyncSimulation:
                 self._arrive(st, st["flights"].pop(c), model, float_keys)
                 if (self.checkpoint_every and len(st["history"]) > stepped
                         and len(st["history"]) % self.checkpoint_every == 0):
-                    save_async_checkpoint(st, self.out_dir)
+                    save_checkpoint(st, self.out_dir)
             if (eligible and st["failed_since_arrival"] >= eligible
                     and all(f.blob is None for f in st["flights"].values())):
                 warnings.warn(f"asynchronous run stopped after {len(st['history'])} server steps: every client "
@@ -340,11 +339,7 @@ class AsyncSimulation:
     # ------------------------------------------------------------------ starts
     def _link(self, c: int, key: tuple[int, ...]) -> netmod.Link:
         """Client c's link for one participation (log-normally jittered with ``jitter``)."""
-        ln = self.links[c]
-        if not self.jitter:
-            return ln
-        f = np.random.default_rng([self.seed, *key, 17]).lognormal(0.0, self.jitter, 2)
-        return dataclasses.replace(ln, up_mbps=ln.up_mbps * f[0], down_mbps=ln.down_mbps * f[1])
+        return netmod.jittered(self.links[c], self.jitter, self.seed, *key)
 
     def _pick(self, st: dict, busy: set[int]) -> int | None:
         """An idle client, drawn with probability proportional to its availability (uniform when the
@@ -492,13 +487,10 @@ class AsyncSimulation:
 
     def _evaluate(self, st: dict, model) -> tuple[float, float, dict]:
         t0 = time.perf_counter()
-        G, (x, y) = st["G"], self.test
-        metric = float(self.metric(predict_proba(model, G, x).numpy(), y.numpy()))
-        loss = evaluate_loss(model, G, x, y, self.loss_fn)
-        per_client = (steps.client_metrics(model, G, self.clients, self.links, self.metric)
-                      if self.per_client_eval else {})
+        out = steps.evaluate(model, st["G"], self.test, self.metric, self.loss_fn,
+                             (self.clients, self.links) if self.per_client_eval else None)
         st["timing"]["eval_s"] += time.perf_counter() - t0
-        return metric, loss, per_client
+        return out
 
     def _finish(self, st: dict, wall: float) -> SimResult:
         hist = st["history"]
@@ -525,25 +517,3 @@ class AsyncSimulation:
             write_results(self.out_dir, hist, summary)
         return SimResult(hist, summary, st["G"])
 
-
-def save_async_checkpoint(st: dict, out_dir: Path) -> None:
-    """Write the asynchronous run state ``st`` to ``out_dir/checkpoint.pt`` (``torch.save``,
-    atomically: a partial file never replaces it). Everything in it is plain data (tensors, numpy
-    arrays, bytes, the :class:`_Flight` records of the clients in flight): no live generator."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / (CHECKPOINT + ".tmp")
-    torch.save(st, tmp)
-    tmp.replace(out_dir / CHECKPOINT)
-
-
-def load_async_checkpoint(resume: str | Path) -> dict:
-    """The asynchronous run state saved at ``resume`` (a checkpoint file, or the folder holding one).
-    A synchronous run's checkpoint is refused (ValueError)."""
-    path = Path(resume)
-    path = path / CHECKPOINT if path.is_dir() else path
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    st = torch.load(path, weights_only=False)
-    if not isinstance(st, dict) or st.get("mode") != "async":
-        raise ValueError(f"{path} is not an asynchronous (--async-buffer) run's checkpoint")
-    return st

@@ -42,7 +42,7 @@ preset       up Mbit/s  down Mbit/s  latency s  compute  availability
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -196,6 +196,21 @@ def make_links(preset: str, n_clients: int, seed: int = 0, spread: float = 0.5) 
         # medians themselves, since the logit round trip of availability is not exact in floats.
         return list(medians)
     return [_jitter(m, z[i], spread) for i, m in enumerate(medians)]
+
+
+def jittered(link: Link, sigma: float, *key: int) -> Link:
+    """``link`` for one participation, its up/down bandwidths scaled by log-normal factors
+    (σ = ``sigma``) drawn from ``key`` (seed, round or version, client, ...), so a run replays the
+    same fluctuations; ``sigma=0`` returns the link itself.
+
+    >>> ln = Link(up_mbps=10.0, down_mbps=20.0, latency_s=0.05)
+    >>> jittered(ln, 0.0, 1, 2) is ln, jittered(ln, 0.5, 1, 2) == jittered(ln, 0.5, 1, 2)
+    (True, True)
+    """
+    if not sigma:
+        return link
+    f = np.random.default_rng([*key, 17]).lognormal(0.0, sigma, 2)
+    return replace(link, up_mbps=link.up_mbps * f[0], down_mbps=link.down_mbps * f[1])
 
 
 def transfer_seconds(nbytes: int, mbps: float, latency_s: float) -> float:

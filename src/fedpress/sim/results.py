@@ -19,26 +19,32 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def save_checkpoint(st: dict, out_dir: Path) -> None:
-    """Write ``st`` to ``out_dir/checkpoint.pt`` (atomically: a partial file never replaces it)."""
+    """Write ``st`` to ``out_dir/checkpoint.pt`` (atomically: a partial file never replaces it). The
+    synchronous run's link estimator is saved as its state dict; an asynchronous run (``mode``
+    "async") has none."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / (CHECKPOINT + ".tmp")
-    torch.save({**st, "estimator": st["estimator"].state_dict()}, tmp)
+    torch.save({**st, "estimator": st["estimator"].state_dict()} if "estimator" in st else st, tmp)
     tmp.replace(out_dir / CHECKPOINT)
 
 
-def load_checkpoint(resume: str | Path) -> dict:
-    """The run state saved at ``resume`` (a checkpoint file, or the folder holding one)."""
+def load_checkpoint(resume: str | Path, mode: str = "sync") -> dict:
+    """The run state saved at ``resume`` (a checkpoint file, or the folder holding one) by a run of
+    ``mode`` ("sync": :class:`~fedpress.sim.runner.Simulation`, "async":
+    :class:`~fedpress.sim.fedbuff.AsyncSimulation`); the other kind is refused (ValueError)."""
     path = Path(resume)
     path = path / CHECKPOINT if path.is_dir() else path
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     st = torch.load(path, weights_only=False)
-    if st.get("mode") == "async" or "estimator" not in st:
-        raise ValueError(f"{path} is not a synchronous run's checkpoint (an asynchronous FedBuff one? "
+    if not isinstance(st, dict) or st.get("mode", "sync") != mode:
+        raise ValueError(f"{path} is not an asynchronous (--async-buffer) run's checkpoint" if mode == "async"
+                         else f"{path} is not a synchronous run's checkpoint (an asynchronous FedBuff one? "
                          "resume it with the same --async-buffer)")
-    est = LinkEstimator()
-    est.load_state_dict(st["estimator"])
-    st["estimator"] = est
+    if "estimator" in st:
+        est = LinkEstimator()
+        est.load_state_dict(st["estimator"])
+        st["estimator"] = est
     return st
 
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fedpress.codecs.combine import cached_codec
-from fedpress.fl.client import predict_proba
+from fedpress.fl.client import evaluate_loss, predict_proba
 from fedpress.sim import network as netmod
 
 
@@ -111,6 +111,16 @@ def observe_transfers(estimator, results: list[ClientResult], links: dict[int, n
         estimator.observe(r.client, "down", r.down, netmod.transfer_seconds(r.down, ln.down_mbps, ln.latency_s))
         estimator.observe(r.client, "up", r.up, netmod.transfer_seconds(r.up, ln.up_mbps, ln.latency_s))
         estimator.observe_compute(r.client, r.weight * epochs, r.compute_s)
+
+
+def evaluate(model, params: dict, test: tuple, metric, loss_fn=None, per_client: tuple | None = None):
+    """``params`` on the test set: (metric, loss, the per-client metrics of
+    :func:`client_metrics` when ``per_client`` = (clients, links) is given, else {}). What both
+    the synchronous and the asynchronous runner report after a step."""
+    x, y = test
+    value = float(metric(predict_proba(model, params, x).numpy(), y.numpy()))
+    loss = evaluate_loss(model, params, x, y, loss_fn)
+    return value, loss, (client_metrics(model, params, *per_client, metric) if per_client else {})
 
 
 def client_metrics(model, params: dict, clients: list, links: list[netmod.Link], metric) -> dict:

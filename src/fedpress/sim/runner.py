@@ -30,7 +30,6 @@ aggregation) and :mod:`~fedpress.sim.results` (checkpoint, summary, result files
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import warnings
@@ -45,7 +44,7 @@ import torch
 from fedpress.codecs import Codec, compress
 from fedpress.codecs.combine import cached_codec
 from fedpress.fl.aggregators import DecodingFactory, make_aggregator
-from fedpress.fl.client import TrainConfig, evaluate_loss, predict_proba
+from fedpress.fl.client import TrainConfig
 from fedpress.fl.pruning import PruneSchedule, sparsity_of
 from fedpress.fl.strategies import make_strategy
 from fedpress.policy.estimator import LinkEstimator
@@ -259,11 +258,7 @@ class Simulation:
         return cached_codec(spec)
 
     def _jittered(self, client: int, rnd: int) -> netmod.Link:
-        ln = self.links[client]
-        if not self.jitter:
-            return ln
-        f = np.random.default_rng([self.seed, rnd, client, 17]).lognormal(0.0, self.jitter, 2)
-        return dataclasses.replace(ln, up_mbps=ln.up_mbps * f[0], down_mbps=ln.down_mbps * f[1])
+        return netmod.jittered(self.links[client], self.jitter, self.seed, rnd, client)
 
     def _assign(self, st, t, online, downs, float_keys, masks_np, whole, sync_sizes,
                 full_len) -> tuple[dict, dict]:
@@ -551,13 +546,10 @@ class Simulation:
     def _evaluate(self, st, model) -> tuple[float, float, dict]:
         """G on the test set (metric, loss) and, with per_client_eval, on each client's data."""
         t0 = time.perf_counter()
-        G, (x, y) = st["G"], self.test
-        metric = float(self.metric(predict_proba(model, G, x).numpy(), y.numpy()))
-        loss = evaluate_loss(model, G, x, y, self.loss_fn)
-        per_client = (steps.client_metrics(model, st["G"], self.clients, self.links, self.metric)
-                      if self.per_client_eval else {})
+        out = steps.evaluate(model, st["G"], self.test, self.metric, self.loss_fn,
+                             (self.clients, self.links) if self.per_client_eval else None)
         st["timing"]["eval_s"] += time.perf_counter() - t0
-        return metric, loss, per_client
+        return out
 
     def _finish(self, st: dict, wall: float) -> SimResult:
         summary = summarize(self, st, wall)
