@@ -196,3 +196,23 @@ def test_ef_sketch_run_resumes_exactly(tmp_path):
     resumed = Simulation(_model, clients, test, out_dir=tmp_path / "part", **kw).run(resume=tmp_path / "part")
     assert resumed.history == full.history
     torch.testing.assert_close(resumed.params, full.params, rtol=0, atol=0)
+
+
+def test_central_dp_noise_is_scaled_with_randk_rescaling():
+    # randk:unbiased=1 multiplies the kept values by n/k after the sum: the noise must be added
+    # before that (in code space), or the released mean's sensitivity is n/k times what the noise
+    # was sized for. Zero updates: the decoded mean is pure noise (plus zeros).
+    from fedpress.privacy.codes import SharedRangeCodec
+    from fedpress.privacy.dp import Accountant
+    from fedpress.sim.privacy_round import SecureRound
+
+    codec = SharedRangeCodec("randk:ratio=0.25,unbiased=1+fixed:bits=8,lo=-1,hi=1,rounding=nearest")
+    template = {"w": (40_000,)}
+    sr = SecureRound(codec, [0, 1, 2], template, threshold=None, neighbors=None, seed=0, round_seed=5)
+    received = {c: sr.upload(c, {"w": torch.zeros(40_000)}, encode_seed=c, state=None, clip=1.0)[0] for c in range(3)}
+    mean, priv, _, _ = sr.aggregate(received, 0, accountant=Accountant(1.0, 1.0, 1e-5), clip=1.0, noise=1.0,
+                                    denominator=3, dp_seed=1)
+    kept = mean["w"].double()[mean["w"] != 0]
+    assert kept.numel() == 10_000
+    # noise std of the mean in code space, times the n/k = 4 rescaling
+    assert float(kept.std()) == pytest.approx(4 * priv["dp_noise_std_mean"], rel=0.03)

@@ -197,9 +197,10 @@ class SharedRangeCodec:
       summed, so the sensitivities (:func:`~fedpress.privacy.dp.secagg_sensitivity` with
       dim = R·C, :class:`~fedpress.privacy.ddp.DistributedNoise`) hold in sketch space. Clipping x
       would not do: ‖sketch(x)‖₂ is about √R·‖x‖₂ on average and can be larger still (coordinates
-      of one sign sharing a bucket). Central DP noise must then be added in sketch space too,
-      before unsketching (:attr:`noise_in_code_space`): unsketching is post-processing, while
-      noise added after it would be calibrated to the wrong sensitivity.
+      of one sign sharing a bucket). Central DP noise is added in code space (here: the sketch),
+      before :meth:`from_code_space`, for every shared-range codec: unsketching, like randk's n/k
+      rescaling, is post-processing, while noise added after it would be calibrated to the wrong
+      sensitivity.
     """
 
     def __init__(self, spec: str):
@@ -243,14 +244,6 @@ class SharedRangeCodec:
             raise ValueError(f"range must be a positive finite number, got {r!r}")
         self.lo, self.hi = -float(r), float(r)
         self.scale = (self.hi - self.lo) / float(1 << self.bits)
-
-    @property
-    def noise_in_code_space(self) -> bool:
-        """Whether central DP noise must be added to the summed values in code space
-        (:meth:`code_space_sum`, then :meth:`from_code_space`) rather than to :meth:`decode_sum`'s
-        output: with a sketch, whose unsketching is not an isometry. (rht's inverse rotation is
-        orthogonal and randk's scatter only adds zeros, so for them either place is the same.)"""
-        return self.sketch is not None
 
     def dp_range(self, clip: float, dim: int) -> float:
         """The shared range under DP with clip C for ``dim`` codes a client: C (nothing is ever

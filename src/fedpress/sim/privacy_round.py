@@ -201,15 +201,18 @@ class SecureRound:
         over = int(meas.get("secagg_overhead_bytes", 0))
         priv["secagg_overhead_bytes"] = over
         priv["secagg_modulus_bits"] = int(meas["secagg_modulus_bits"])
-        codec, template = self.codec, self.template
-        if self.noise is not None:
-            # Distributed DP: the noise is already in the sum; read it back in the centred range
-            # and divide by the (public) number of uploads.
-            dn, n = self.noise, len(received)
-            if codec.server_ef:
-                mean = self._step(codec.code_space_sum(dn.centred_sum(total, n), n, template) / n)
-            else:
-                mean = codec.decode_mean(dn.centred_sum(total, n), n, template, round_seed=self.round_seed)
+        codec, template, n = self.codec, self.template, len(received)
+        dn = self.noise
+        # Everything is done in code space (the summed values as quantised: kept positions, rotated,
+        # or the sketch), where the sensitivity holds; DP noise goes there, and mapping back to the
+        # model (scatter and randk's n/k rescaling, the inverse rotation, unsketching, FetchSGD's
+        # step) is post-processing. (Noise added after the n/k rescaling was calibrated to a
+        # sensitivity n/k times too small.)
+        vec = codec.code_space_sum(total if dn is None else dn.centred_sum(total, n), n, template)
+        if dn is not None:
+            # Distributed DP: the clients' noise is already in the sum; divide by the (public)
+            # number of uploads.
+            vec = vec / n
             accountant.step(dn.zcdp())
             priv.update(dp_mode="distributed", dp_epsilon=accountant.epsilon(), dp_min_clients=dn.min_clients,
                         dp_local_sigma_codes=dn.sigma, dp_sensitivity=dn.l2 * codec.scale,
@@ -222,27 +225,18 @@ class SecureRound:
             from fedpress.privacy.dp import dp_mean_from_sum, secagg_sensitivity
 
             sens = secagg_sensitivity(clip, codec.error_bound(), codec.vector_len(template))
-            if codec.noise_in_code_space:
-                # A sketch: the sensitivity holds for the summed sketch, so the noise goes there and
-                # unsketching the noisy mean is post-processing (it commutes with the division).
-                vec = codec.code_space_sum(total, len(received), template)
-                m, dpm = dp_mean_from_sum({"codes": torch.from_numpy(vec)}, sensitivity=sens,
-                                          noise_multiplier=noise, denominator=denominator, seed=dp_seed,
-                                          round=rnd + 1)
-                vec = m["codes"].double().numpy()
-                mean = (self._step(vec) if codec.server_ef else
-                        codec.from_code_space(vec, template, round_seed=self.round_seed))
-            else:
-                s = codec.decode_sum(total, len(received), template, round_seed=self.round_seed)
-                mean, dpm = dp_mean_from_sum(s, sensitivity=sens, noise_multiplier=noise,
-                                             denominator=denominator, seed=dp_seed, round=rnd + 1)
+            m, dpm = dp_mean_from_sum({"codes": torch.from_numpy(vec)}, sensitivity=sens, noise_multiplier=noise,
+                                      denominator=denominator, seed=dp_seed, round=rnd + 1)
+            vec = m["codes"].double().numpy()
             accountant.step()
             priv.update(dpm)
             priv["dp_epsilon"] = accountant.epsilon()
-        elif codec.server_ef:
-            mean = self._step(codec.code_space_sum(total, len(received), template) / len(received))
         else:
-            mean = codec.decode_mean(total, len(received), template, round_seed=self.round_seed)
+            vec = vec / n
+        if codec.server_ef:
+            mean = self._step(vec)
+        else:
+            mean = codec.from_code_space(vec, template, round_seed=self.round_seed)
         return mean, priv, extra, over
 
     def _step(self, mean_codes: np.ndarray) -> dict:
