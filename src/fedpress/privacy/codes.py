@@ -28,6 +28,7 @@ True
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -149,6 +150,17 @@ def _flat(v) -> np.ndarray:
 
 def _shape(v) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, tuple | list) else tuple(v.shape)
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_rotation(round_seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The round's permutation and random signs for n values: the same for every client of the
+    round and for the server, so drawn once per round here rather than once per upload."""
+    rng = np.random.default_rng([round_seed & 0xFFFFFFFFFFFFFFFF, 0x0A7])
+    perm = rng.permutation(n)
+    signs = np.frombuffer(rng.bytes((n + 7) // 8), np.uint8)
+    perm.flags.writeable = False
+    return perm, signs
 
 
 class SharedRangeCodec:
@@ -306,9 +318,7 @@ class SharedRangeCodec:
         from fedpress.codecs.rotate import rotate
 
         n = vec.size
-        rng = np.random.default_rng([int(round_seed) & 0xFFFFFFFFFFFFFFFF, 0x0A7])
-        perm = rng.permutation(n)
-        signs = np.frombuffer(rng.bytes((n + 7) // 8), np.uint8)
+        perm, signs = _shared_rotation(int(round_seed), n)
         if forward:
             return rotate(vec.astype(np.float32)[perm], signs, self.rht_block, True).astype(np.float64)
         out = np.empty(n, np.float64)
