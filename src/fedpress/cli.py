@@ -52,7 +52,11 @@ def codecs_cmd() -> None:
     t.add_column("what it does")
     for name, help_ in registry().items():
         t.add_row(name, help_)
-    Console().print(t)
+    con = Console()
+    con.print(t)
+    con.print("per-tensor rules after ';', first match wins, e.g. "
+              "'ef+topk:ratio=0.01+q:bits=8; *.bias,numel<1024=none; fc.*=q:bits=4' "
+              "(selectors: a name glob, numel<N, ndim<N)", soft_wrap=True)
 
 
 @app.command("scenarios")

@@ -155,6 +155,27 @@ def test_auto_aggregation_picks_sparse_mean_only_for_biased_sparsifiers():
     assert _sim(codec="ef+topk:ratio=0.1").aggregate == "sparse_mean"
     assert _sim(codec="qsgd:levels=4").aggregate == "mean"  # exact zeros are real values here
     assert _sim(codec="topk:ratio=0.1", dp_clip=1.0).aggregate == "mean"
+    # a rule that sparsifies some tensors counts too
+    assert _sim(codec="q:bits=8; *.weight=ef+topk:ratio=0.1").aggregate == "sparse_mean"
+    assert _sim(codec="q:bits=8; *.bias=none").aggregate == "mean"
+
+
+def test_per_tensor_rules_run_and_pay_for_what_the_rules_send(tmp_path):
+    """A run with rules learns, records the canonical routed spec, and every upload carries the
+    biases' raw bytes (the codec-level tests show they decode exactly)."""
+    spec = "ef+topk:ratio=0.2+q:bits=8; *.bias=none"
+    res = _sim(codec=spec, rounds=6, out_dir=tmp_path, aggregate="mean").run()
+    assert res.history[-1]["metric"] > 0.8
+    assert json.loads((tmp_path / "summary.json").read_text())["codec"] == spec
+    upd = {k: torch.zeros_like(v) for k, v in _model().state_dict().items()}
+    one = len(fedpress.compress(upd, spec, structure="fingerprint", spec_ref=True))
+    biases_raw = sum(v.numel() * 4 for k, v in upd.items() if k.endswith(".bias"))
+    plain = _sim(codec="ef+topk:ratio=0.2+q:bits=8", rounds=6).run()
+    # every upload carries the biases' raw bytes, so a routed upload is larger than them
+    for h, hp in zip(res.history, plain.history, strict=True):
+        assert h["uplink_bytes"] >= biases_raw * h["clients_online"]
+        assert h["clients_online"] == 0 or h["uplink_bytes"] > hp["uplink_bytes"]
+    assert one > biases_raw
 
 
 def test_per_client_eval_groups_the_metric_by_link_kind():

@@ -22,7 +22,7 @@ import numpy as np
 from fedpress import kernels
 from fedpress.codecs.base import Ctx, Stage, f32_field, not_finite_message, numel
 from fedpress.codecs.feedback import residual_key
-from fedpress.codecs.spec import SpecError, canonical, parse_spec
+from fedpress.codecs.spec import SpecError, canonical_rules, parse_rules
 from fedpress.wire.errors import WireError
 from fedpress.wire.format import (
     DEFAULT_LIMITS,
@@ -104,43 +104,86 @@ def _decode_chain(stages: list[Stage], i: int, shape, ctx: Ctx, device=None):
     return st.decode(tuple(shape), ctx, rest)
 
 
+class Pipeline:
+    """One chain of stages (a spec without rules), and what the encoder needs to know about it."""
+
+    def __init__(self, stages: list[Stage]):
+        self.stages = stages
+        self.error_feedback = stages[0].name == "ef"
+        self.lossy = [s for s in stages if s.role in ("transform", "terminal")]
+        self.raw = not self.lossy or [s.name for s in self.lossy] == ["none"]
+        self.needs_seed = any(s.needs_seed for s in self.lossy)
+
+    @property
+    def unbiased(self) -> bool:
+        return self.raw or (not self.error_feedback and all(s.unbiased for s in self.lossy))
+
+
 class Codec:
     """A parsed pipeline with explicit state, for multi-round use.
 
     ``encode(obj, state, seed=...)`` returns ``(blob, new_state)``; the state is a plain dict of
     numpy arrays (error-feedback residuals, PowerSGD factors) that can be checkpointed. Decoding
     needs no state and no spec: :func:`fedpress.decompress` reads both from the blob.
+
+    With per-tensor rules (``"ef+topk:ratio=0.01+q:bits=8; *.bias,numel<1024=none"``) each tensor
+    is encoded by the pipeline :meth:`pipeline_for` picks from its name and shape; the decoder picks
+    the same from the structure, so the blob needs nothing more than the spec.
+
+    >>> import fedpress, torch
+    >>> c = fedpress.codec("topk:ratio=0.01+q:bits=8; *.bias=none")
+    >>> sd = {"fc.weight": torch.randn(100, 100), "fc.bias": torch.randn(100)}
+    >>> out = fedpress.decompress(c.encode(sd)[0])
+    >>> bool((out["fc.bias"] == sd["fc.bias"]).all()), int((out["fc.weight"] != 0).sum())
+    (True, 100)
     """
 
     def __init__(self, spec: str):
-        stages = parse_spec(spec)
-        self.stages = stages
-        self.spec = canonical(stages)
-        self.error_feedback = stages[0].name == "ef"
-        # The lossless stage (zstd or ans), if any: it works on the finished fields, and its
-        # presence tells the quantisers to store odd-width codes one per byte (whole symbols).
-        self.lossless = stages[-1].name if stages[-1].role == "lossless" else None
-        self.zstd_level = stages[-1].level if self.lossless == "zstd" else None
+        default, rules = parse_rules(spec)
+        self.default = Pipeline(default)
+        self.rules = [(r, Pipeline(list(r.stages))) for r in rules]
+        self.pipelines = [self.default, *(p for _, p in self.rules)]
+        self.spec = canonical_rules(default, rules)
+        # The default pipeline's stages; a rule's are in ``self.rules``.
+        self.stages = default
+        self.lossy = self.default.lossy
+        #: Any pipeline keeps error feedback (its residuals are per tensor, in the state).
+        self.error_feedback = any(p.error_feedback for p in self.pipelines)
+        # The lossless stage (zstd or ans), if any: it works on the finished fields of the whole
+        # blob (so only the default pipeline may end with it), and its presence tells the
+        # quantisers to store odd-width codes one per byte (whole symbols).
+        self.lossless = default[-1].name if default[-1].role == "lossless" else None
+        self.zstd_level = default[-1].level if self.lossless == "zstd" else None
         self.entropy_follows = self.lossless is not None
-        self.lossy = [s for s in stages if s.role in ("transform", "terminal")]
-        self.raw = not self.lossy or [s.name for s in self.lossy] == ["none"]
+        self.raw = all(p.raw for p in self.pipelines)
         # Deterministic pipelines store seed 0: same bytes whatever seed the caller passes, and a
         # 1-byte varint instead of up to 9.
-        self.needs_seed = any(s.needs_seed for s in self.lossy)
+        self.needs_seed = any(p.needs_seed for p in self.pipelines)
 
     def __repr__(self) -> str:
         return f"Codec({self.spec!r})"
 
+    def pipeline_for(self, name: str, shape: tuple[int, ...]) -> Pipeline:
+        """The pipeline for a tensor: the first rule that matches it, else the default."""
+        for rule, pipe in self.rules:
+            if rule.matches(name, shape):
+                return pipe
+        return self.default
+
     @property
     def unbiased(self) -> bool:
         """True when E[decode(encode(x))] = x: every lossy stage is unbiased (and no ef)."""
-        if self.raw:
-            return True
-        return not self.error_feedback and all(s.unbiased for s in self.lossy)
+        return all(p.unbiased for p in self.pipelines)
+
+    @property
+    def sparse(self) -> bool:
+        """Whether some pipeline starts with a biased sparsifier (top-k, threshold): each client
+        then sends few coordinates, and the server should average a coordinate over its senders."""
+        return any(p.lossy and p.lossy[0].name in ("topk", "threshold") for p in self.pipelines)
 
     @property
     def stateful(self) -> bool:
-        return any(s.stateful for s in self.stages)
+        return any(s.stateful for p in self.pipelines for s in p.stages)
 
     def init(self) -> dict:
         """An empty state; slots are created on first use, per tensor name."""
@@ -186,20 +229,21 @@ class Codec:
         fields: list = []
         outs: list = []
         for ti, (ts, v) in enumerate(zip(st.tensors, values, strict=True)):
-            if ts.is_float and not self.raw and self._on_device(v, ts, masks):
+            pl = self.pipeline_for(ts.name, ts.shape)
+            if ts.is_float and not pl.raw and _on_device(pl, v, ts, masks):
                 # The Triton path: the tensor stays on its device; only the blob's fields (and the
                 # reconstruction, when wanted) come to the host. Same bytes as below.
                 x = v.detach().to(dtype=_torch_f32()).contiguous()
-                if not self.lossy[0].checks_finite and not kernels.gpu().all_finite(x):
+                if not pl.lossy[0].checks_finite and not kernels.gpu().all_finite(x):
                     raise ValueError(not_finite_message(ts.name))
                 ctx = Ctx(seed=seed, tensor_index=ti, name=ts.name, fields=fields,
                           state_in=state_in, state_out=state_out,
                           entropy_follows=self.entropy_follows, recon=recon)
-                r = _encode_chain(self.lossy, 0, x, ctx)
+                r = _encode_chain(pl.lossy, 0, x, ctx)
                 outs.append(from_numpy(_host(r), ts) if recon else None)
                 continue
             a = to_numpy(v)
-            if not ts.is_float or self.raw:
+            if not ts.is_float or pl.raw:
                 m = masks.get(ts.name) if masks and ts.is_float else None
                 if m is None:
                     # The array's own bytes become the field: write_blob copies them once, into
@@ -219,18 +263,18 @@ class Codec:
             m = masks.get(ts.name) if masks else None
             # A first stage that sees the whole tensor and checks it on its own (q, sign, qsgd,
             # ternary: their min/max or sums see every NaN and inf) saves a full pass here.
-            delegated = m is None and not self.error_feedback and self.lossy[0].checks_finite
+            delegated = m is None and not pl.error_feedback and pl.lossy[0].checks_finite
             if not delegated and not _all_finite(x):
                 raise ValueError(not_finite_message(ts.name))
-            if self.error_feedback:
+            if pl.error_feedback:
                 e = state_in.get(residual_key(ts.name))
                 x = x + e if e is not None and e.shape == x.shape else x.copy()
             ctx = Ctx(seed=seed, tensor_index=ti, name=ts.name, fields=fields, state_in=state_in,
                       state_out=state_out, entropy_follows=self.entropy_follows, recon=recon)
             if m is None:
-                r = _encode_chain(self.lossy, 0, x, ctx)
+                r = _encode_chain(pl.lossy, 0, x, ctx)
             else:
-                kept = _encode_chain(self.lossy, 0, x.ravel()[m], ctx)
+                kept = _encode_chain(pl.lossy, 0, x.ravel()[m], ctx)
                 r = None
                 if kept is not None:
                     r = np.zeros(x.size, np.float32)
@@ -240,7 +284,7 @@ class Codec:
                 outs.append(None)
                 continue
             rec = from_numpy(r, ts)
-            if self.error_feedback:
+            if pl.error_feedback:
                 # The server sees the reconstruction cast back to the tensor's dtype (fp16, bf16,
                 # float64), so the residual must be taken against that, not against the float32 r:
                 # otherwise the cast's rounding is silently lost instead of fed back.
@@ -263,12 +307,14 @@ class Codec:
     def decode(self, blob: bytes, **kw):
         return decompress(blob, **kw)
 
-    def _on_device(self, v, ts: TensorSpec, masks) -> bool:
-        """Whether tensor ``v`` is encoded by the Triton kernels (fedpress.kernels.routes): not with
-        error feedback (its residual state lives on the host) or a pruning mask, and only when the
-        first stage has a device implementation."""
-        return (not self.error_feedback and not (masks and ts.name in masks)
-                and hasattr(self.lossy[0], "encode_device") and kernels.routes(v))
+
+
+def _on_device(pl: Pipeline, v, ts: TensorSpec, masks) -> bool:
+    """Whether tensor ``v`` is encoded by the Triton kernels (fedpress.kernels.routes): not with
+    error feedback (its residual state lives on the host) or a pruning mask, and only when the
+    first stage has a device implementation."""
+    return (not pl.error_feedback and not (masks and ts.name in masks)
+            and hasattr(pl.lossy[0], "encode_device") and kernels.routes(v))
 
 
 def _torch_f32():
@@ -402,7 +448,8 @@ def _decode_tensors(p, c: Codec, mk: dict, lim: Limits, device=None):
     pos = [0]
     out = []
     for ti, ts in enumerate(p.structure.tensors):
-        if not ts.is_float or c.raw:
+        pl = c.pipeline_for(ts.name, ts.shape)
+        if not ts.is_float or pl.raw:
             dt = _native(ts)
             if pos[0] >= len(p.fields):
                 raise WireError(f"missing data for tensor {ts.name!r}")
@@ -428,15 +475,15 @@ def _decode_tensors(p, c: Codec, mk: dict, lim: Limits, device=None):
                   entropy_follows=c.entropy_follows, limits=lim)
         m = mk.get(ts.name)
         if m is None and on_device:
-            r = _decode_chain(c.lossy, 0, ts.shape, ctx, device)
+            r = _decode_chain(pl.lossy, 0, ts.shape, ctx, device)
             if _is_torch(r):  # already a float32 tensor on the device: only the dtype is left
                 out.append(_device_dtype(r.reshape(ts.shape), ts))
                 continue
         elif m is None:
-            r = _decode_chain(c.lossy, 0, ts.shape, ctx)
+            r = _decode_chain(pl.lossy, 0, ts.shape, ctx)
         else:
             r = np.zeros(ts.numel, np.float32)
-            r[m] = _decode_chain(c.lossy, 0, (int(m.sum()),), ctx)
+            r[m] = _decode_chain(pl.lossy, 0, (int(m.sum()),), ctx)
         r = from_numpy(r.reshape(ts.shape), ts)
         out.append(r if device is None else _to_device(r, device))
     if pos[0] != len(p.fields):

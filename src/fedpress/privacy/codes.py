@@ -87,6 +87,11 @@ def secagg_compatible(spec: str) -> tuple[bool, str]:
     >>> ok, "server-side error feedback" in why, "no residual" in why
     (True, True, True)
     """
+    if isinstance(spec, str) and ";" in spec:
+        # Secure aggregation sums one code vector over the whole update, on one shared range and
+        # one set of shared positions; a pipeline per tensor would need one secure sum per group.
+        return False, ("per-tensor rules (';'): secure aggregation sums one shared-range code vector "
+                       "over the whole update, so every tensor must use the same pipeline")
     try:
         stages = parse_spec(spec)
     except SpecError as e:

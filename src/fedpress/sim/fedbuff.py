@@ -255,8 +255,7 @@ class AsyncSimulation:
             raise ValueError(f"unknown backend {backend!r} (local or ray)")
         self.backend, self.backend_options = backend, backend_options or {}
         if aggregate == "auto":  # as the synchronous runner: biased sparsifiers average over senders
-            lossy = self.codec.lossy
-            aggregate = "sparse_mean" if lossy and lossy[0].name in ("topk", "threshold") else "mean"
+            aggregate = "sparse_mean" if self.codec.sparse else "mean"
         if aggregate not in ("mean", "sparse_mean"):
             raise ValueError(f"aggregate {aggregate!r} is not available asynchronously (mean or sparse_mean): "
                              "robust rules compare the clients of one synchronous round")

@@ -223,7 +223,7 @@ class Simulation:
             # Biased sparsifiers (top-k, threshold) send few coordinates per client: average each
             # coordinate over its senders. Everything else, and anything private, is a plain mean.
             specs = [self.codec.spec, *(getattr(self.policy, "ladder", ()) if self.policy else ())]
-            sparse = any((c := cached_codec(sp)).lossy and c.lossy[0].name in ("topk", "threshold") for sp in specs)
+            sparse = any(cached_codec(sp).sparse for sp in specs)
             private = dp_clip is not None or secagg
             aggregate = "sparse_mean" if sparse and not private else "mean"
         self.aggregate = aggregate
