@@ -51,6 +51,7 @@ DEFAULT_CODECS: tuple[str, ...] = (
     "qsgd:levels=16+ans",
     "sign",
     "ternary",
+    "pq+fp16",
     "rht+q:bits=4",
     "topk:ratio=0.01",
     "topk:ratio=0.01+q:bits=8",

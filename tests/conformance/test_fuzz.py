@@ -56,7 +56,8 @@ SPECS = [
     "rht", "rht:block=8+sign", "rht:block=16+q:bits=2+zstd", "rht+qsgd:levels=4,block=8",
     "ef+rht:block=32+ternary+ans",
     "sketch:cols=20", "sketch:cols=8,rows=3,k=10+q:bits=8+zstd", "ef+sketch:ratio=0.1,rows=2,est=mean+q:bits=4",
-    "topk:ratio=0.1+q:bits=4+zstd; *.bias=none; numel<100=sign", "qsgd:levels=8+ans; conv.*=ef+rht+q:bits=2",
+    "topk:ratio=0.1+q:bits=4+zstd; *.bias=none; numel<100=sign",
+    "pq:dim=4,centroids=16", "ef+pq:dim=3,centroids=7+q:bits=8+ans", "qsgd:levels=8+ans; conv.*=ef+rht+q:bits=2",
 ]
 
 

@@ -81,6 +81,10 @@ CASES: dict[str, list[Case]] = {
             Case("rht:block=16+zstd", "stochastic", True)],
     # a count sketch: hashes from the seed; unbiased with one or two rows or the mean estimator
     # (no k); tensors of n <= rows*cols values travel as they are
+    # product quantisation: a seeded k-means codebook; tensors with at most K distinct sub-vectors
+    # travel exactly
+    "pq": [Case("pq", "stochastic"), Case("pq:dim=3,centroids=5,iters=3", "stochastic"),
+           Case("pq:dim=1,centroids=2+fp16", "stochastic")],
     "sketch": [Case("sketch:cols=50", "stochastic"), Case("sketch:cols=40,rows=1", "stochastic", True),
                Case("sketch:ratio=0.05,rows=3,k=20", "stochastic"),
                Case("sketch:cols=8,rows=4,est=mean+zstd", "stochastic", True)],
@@ -115,6 +119,11 @@ PIPELINES: dict[str, tuple[Case, float | None]] = {
     "ef+sketch:cols=100,rows=3,k=50+q:bits=4+zstd": (
         Case("ef+sketch:cols=100,rows=3,k=50+q:bits=4+zstd", "stochastic"), None),
     "sketch:cols=16,rows=2+qsgd:levels=8": (Case("sketch:cols=16,rows=2+qsgd:levels=8", "stochastic", True), None),
+    # pq's codebook and leftover values quantised further: each sub-vector still takes the nearest
+    # *decoded* centroid, so it is never farther than the one it would take without the stage
+    # after (no per-round relative bound: a codebook is not a norm bound).
+    "ef+pq:dim=4,centroids=16+q:bits=8+zstd": (Case("ef+pq:dim=4,centroids=16+q:bits=8+zstd", "stochastic"), None),
+    "topk:ratio=0.2+pq:dim=2,centroids=8+fp16": (Case("topk:ratio=0.2+pq:dim=2,centroids=8+fp16", "stochastic"), None),
     # Per-tensor rules: each tensor keeps its own pipeline's bound (the largest is stated), the
     # lossless stage codes the whole blob, and a rule's seeds are the tensor's own.
     "topk:ratio=0.1+q:bits=8; *.bias,ndim<2=none": (Case("topk:ratio=0.1+q:bits=8; *.bias,ndim<2=none"), 1.01),
@@ -332,6 +341,24 @@ def bound_topk(st, x, y):
     assert e2 <= (1 - k / max(xf.size, 1)) * np.sum(xf.astype(np.float64) ** 2) * (1 + 1e-9) + 1e-30
 
 
+def bound_pq(st, x, y):
+    """Every sub-vector decodes to the nearest of the centroids the decoder holds (here: of those
+    it used, a subset of the codebook, which only makes the check weaker than the truth by the
+    unused ones), and the leftover values are exact."""
+    xf, yf = x.ravel(), y.ravel()
+    m = xf.size // st.dim
+    np.testing.assert_array_equal(yf[m * st.dim:], xf[m * st.dim:])
+    if m == 0:
+        return
+    px = xf[: m * st.dim].reshape(m, st.dim).astype(np.float64)
+    py = yf[: m * st.dim].reshape(m, st.dim).astype(np.float64)
+    used = np.unique(py, axis=0)
+    assert used.shape[0] <= st.centroids
+    d_used = ((px[:, None, :] - used[None, :, :]) ** 2).sum(-1).min(1)
+    d_got = ((px - py) ** 2).sum(1)
+    assert np.all(d_got <= d_used * (1 + 1e-9) + 1e-12 * (1 + (px ** 2).sum(1)))
+
+
 def bound_randk(st, x, y):
     xf, yf = x.ravel(), y.ravel()
     k = _k(xf.size, st.ratio)
@@ -413,7 +440,7 @@ BOUNDS = {
     "none": bound_none, "fp16": bound_fp16, "bf16": bound_bf16, "fixed": bound_fixed,
     "q": bound_q, "qsgd": bound_qsgd, "sign": bound_sign, "ternary": bound_ternary,
     "topk": bound_topk, "randk": bound_randk, "threshold": bound_threshold,
-    "svd": bound_svd, "powersgd": bound_powersgd, "rht": bound_rht,
+    "svd": bound_svd, "powersgd": bound_powersgd, "rht": bound_rht, "pq": bound_pq,
 }
 
 

@@ -52,6 +52,7 @@ def _ensure_loaded() -> None:
         rotate,
         sketch,
         sparsify,
+        vq,
     )
 
 
