@@ -96,6 +96,7 @@ SHARED_FLAGS = {
     "--policy", "--prox-mu", "--prune", "--prune-mode", "--prune-scope", "--quiet", "--rounds",
     "--sampling", "--scenario", "--secagg", "--secagg-threshold", "--seed", "--server-lr", "--strategy", "--target",
     "--target-epsilon", "--wait-full-deadline", "--workers", "-c", "-o", "-q", "-s",
+    "--scaffold-controls",  # SCAFFOLD (fedpress.fl.scaffold), added since
 }
 # Asynchronous FedBuff (fedpress.sim.fedbuff), added since.
 SHARED_FLAGS |= {"--async-buffer", "--concurrency", "--staleness"}

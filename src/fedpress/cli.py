@@ -99,7 +99,10 @@ _SHARED = [
     _opt("local_epochs", int | None, "--local-epochs", help="local epochs per round"),
     _opt("lr", float | None, "--lr", help="client learning rate"),
     _opt("batch_size", int | None, "--batch-size", help="client batch size"),
-    _opt("strategy", str | None, "--strategy", help="fedavg | fedprox | fedavgm | fedadam | fedyogi"),
+    _opt("strategy", str | None, "--strategy", help="fedavg | fedprox | fedavgm | fedadam | fedyogi | scaffold"),
+    _opt("scaffold_controls", str | None, "--scaffold-controls",
+         help="--strategy scaffold: derived (the server derives each client's variate from its decoded "
+         "update; no extra uplink) | sent (clients upload it beside the update, as scaffold.dc.*)"),
     _opt("server_lr", float | None, "--server-lr", help="server learning rate"),
     _opt("prox_mu", float | None, "--prox-mu", help="FedProx mu"),
     _opt("l1", float | None, "--l1", help="L1 strength (proximal, exact zeros)"),

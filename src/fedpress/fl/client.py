@@ -49,13 +49,15 @@ def local_train(
     seed: int,
     loss_fn: Callable | None = None,
     masks: dict[str, torch.Tensor] | None = None,
+    correction: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """Train ``model`` from ``params`` on ``data`` and return (new params, mean training loss).
 
     ``masks`` (name → bool tensor) pins pruned weights at zero: gradients are masked and weights
-    re-masked after every step, so pruned coordinates never come back. ``params`` must not alias
-    the model's own tensors (pass a copy, not ``model.state_dict()`` itself): they would be trained
-    in place.
+    re-masked after every step, so pruned coordinates never come back. ``correction`` (parameter
+    name → tensor) is added to every step's gradient after clipping: SCAFFOLD's c − cᵢ
+    (:mod:`fedpress.fl.scaffold`). ``params`` must not alias the model's own tensors (pass a copy,
+    not ``model.state_dict()`` itself): they would be trained in place.
     """
     model.load_state_dict(params)
     model.train()
@@ -70,6 +72,7 @@ def local_train(
         raise ValueError(f"unknown optimizer {cfg.optimizer!r} (sgd or adam)")
     anchor = {k: v.detach().clone() for k, v in named.items()} if cfg.prox_mu > 0 else None
     pmask = {k: masks[k] for k in named if masks and k in masks}
+    corr = {k: v.to(named[k].dtype) for k, v in (correction or {}).items() if k in named}
     x, y = data
     n = x.shape[0]
     g = torch.Generator().manual_seed(seed)
@@ -92,6 +95,10 @@ def local_train(
                         named[k].grad.mul_(m)
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            for k, v in corr.items():  # the drift correction steers even a parameter without a gradient
+                v = v * pmask[k] if k in pmask else v
+                p = named[k]
+                p.grad = v.clone() if p.grad is None else p.grad.add_(v)
             opt.step()
             with torch.no_grad():
                 if cfg.l1 > 0:

@@ -3,7 +3,9 @@
 The aggregated client delta Δ is a pseudo-gradient step. FedAvg applies it as is; FedAvgM adds
 server momentum (Hsu et al. 2019); FedAdam and FedYogi use adaptive server optimisers (Reddi et al.
 2021, "Adaptive Federated Optimization"). FedProx (Li et al. 2020) changes the *client* objective
-(a proximal term μ/2·‖w − w_global‖²) and aggregates like FedAvg.
+(a proximal term μ/2·‖w − w_global‖²) and aggregates like FedAvg; SCAFFOLD (Karimireddy et al.
+2020) corrects the clients' gradients with control variates (:mod:`fedpress.fl.scaffold`, kept by
+the simulator) and steps the server like FedAvg with ``server_lr`` as the global step size.
 
 >>> import torch
 >>> s = make_strategy("fedavgm", server_lr=1.0, momentum=0.9)
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "scaffold")
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Strategy:
     def apply(self, params, delta, state):
         """New params and state after one aggregated delta (keys missing from delta are kept)."""
         out = dict(params)
-        if self.name in ("fedavg", "fedprox"):
+        if self.name in ("fedavg", "fedprox", "scaffold"):
             for k, d in delta.items():
                 out[k] = params[k] + self.server_lr * d.to(params[k].dtype)
             return out, state

@@ -33,6 +33,10 @@ class ClientJob:
     #: An attack spec (fedpress.fl.attacks) when this client is Byzantine: its update is corrupted
     #: before encoding, so what the server gets is a real blob of the attacker's making.
     attack: str | None = None
+    #: SCAFFOLD: what this client adds to each local gradient (ĉ − cᵢ, fedpress.fl.scaffold).
+    control: dict | None = None
+    #: SCAFFOLD with controls="sent": the ĉ it was sent; it uploads its Δcᵢ beside the update.
+    c_hat: dict | None = None
 
 
 def client_update(model: torch.nn.Module, params: dict, data, cfg: TrainConfig, job: ClientJob, *,
@@ -47,11 +51,17 @@ def client_update(model: torch.nn.Module, params: dict, data, cfg: TrainConfig, 
 
         params = {**params, **decompress(job.start)}
     try:
-        new, loss = local_train(model, params, data, cfg, seed=job.train_seed, loss_fn=loss_fn, masks=masks)
+        new, loss = local_train(model, params, data, cfg, seed=job.train_seed, loss_fn=loss_fn, masks=masks,
+                                correction=job.control)
     except Exception as exc:  # noqa: BLE001 - any client failure is reported, not raised
         return {"client": job.client, "error": repr(exc), "train_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
     update = {k: new[k] - params[k] for k in float_keys}
+    if job.c_hat is not None:  # from the true update, before compression (fedpress.fl.scaffold)
+        from fedpress.fl.scaffold import local_steps, with_controls
+
+        update = with_controls(update, job.c_hat, steps=local_steps(int(data[0].shape[0]), cfg.epochs,
+                                                                    cfg.batch_size), lr=cfg.lr)
     if clip is not None:
         from fedpress.privacy.dp import clip_update
 

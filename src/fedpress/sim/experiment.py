@@ -40,6 +40,7 @@ class RunConfig:
     lr: float | None = None
     batch_size: int | None = None
     strategy: str = "fedavg"
+    scaffold_controls: str = "derived"  # strategy scaffold: derived (no extra uplink) | sent
     server_lr: float | None = None
     prox_mu: float = 0.0
     l1: float = 0.0
@@ -317,7 +318,7 @@ def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress
         backend_options=({"address": cfg.ray_address, "num_cpus": cfg.workers}
                          if cfg.backend == "ray" else None),
         aggregate=cfg.aggregate, wait_full_deadline=cfg.wait_full_deadline, sampling=cfg.sampling,
-        attack=cfg.attack, extra_summary=extra,
+        attack=cfg.attack, scaffold_controls=cfg.scaffold_controls, extra_summary=extra,
     )
     return sim, part_summary
 

@@ -239,6 +239,9 @@ class AsyncSimulation:
         if server_lr is not None:
             skw["server_lr"] = server_lr
         self.strategy = make_strategy(strategy, **skw)
+        if self.strategy.name == "scaffold":
+            raise ValueError("strategy 'scaffold' needs synchronous rounds (its control variates step with "
+                             "the round); use fedavg, fedavgm, fedadam or fedyogi with --async-buffer")
         if isinstance(network, str):
             self.network_name = network
             self.links = netmod.make_links(network, n, seed=self.seed)

@@ -76,6 +76,8 @@ def summarize(sim, st: dict, wall: float) -> dict:
                        dp_mode=sim.dp_mode)
     if sim.secagg:
         summary["secagg_overhead_bytes"] = st["secagg_overhead"]
+    if getattr(sim, "scaffold", False):
+        summary["scaffold_controls"] = sim.scaffold_controls
     if sim.target is not None:
         summary.update(target_fields(hist, sim.target))
     return summary

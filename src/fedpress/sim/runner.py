@@ -43,6 +43,7 @@ import torch
 
 from fedpress.codecs import Codec, compress
 from fedpress.codecs.combine import cached_codec
+from fedpress.fl import scaffold
 from fedpress.fl.aggregators import DecodingFactory, make_aggregator
 from fedpress.fl.client import TrainConfig
 from fedpress.fl.pruning import PruneSchedule, sparsity_of
@@ -51,6 +52,7 @@ from fedpress.policy.estimator import LinkEstimator
 from fedpress.sim import downlink
 from fedpress.sim import network as netmod
 from fedpress.sim import round_steps as steps
+from fedpress.sim import scaffold_round as sround
 from fedpress.sim.backends import ClientJob, make_backend
 from fedpress.sim.privacy_round import SecureRound, next_shared_range, privacy_state, settle_privacy
 from fedpress.sim.results import load_checkpoint, save_checkpoint, summarize, write_results
@@ -160,6 +162,7 @@ class Simulation:
         sampling: str | None = None,
         attack: str | None = None,
         dp_mode: str = "central",
+        scaffold_controls: str = "derived",
     ):
         if not client_datasets:
             raise ValueError("client_datasets is empty")
@@ -248,6 +251,9 @@ class Simulation:
         self.secagg_threshold, self.secagg_neighbors = pv.secagg_threshold, pv.secagg_neighbors
         self.dp_mode = pv.dp_mode
         self._assigned: dict[int, str] = {}
+        self.scaffold = strategy == "scaffold"
+        self.scaffold_controls = scaffold_controls
+        sround.check(self)
 
     # ------------------------------------------------------------------ helpers
     def codec_for(self, client: int, rnd: int) -> Codec:
@@ -302,6 +308,9 @@ class Simulation:
             "secagg_range": float(self.dp_clip) if self.dp_clip else 1.0,
             # ef+sketch under SecAgg: the server's error sketch (FetchSGD), carried across rounds.
             "sketch_error": None,
+            # SCAFFOLD: the server's control variate c and each client's cᵢ (trainable parameters).
+            "scaffold": scaffold.init(params, [k for k, p in model.named_parameters() if p.requires_grad])
+            if self.scaffold else None,
             "timing": {"train_s": 0.0, "encode_s": 0.0, "decode_aggregate_s": 0.0, "eval_s": 0.0, "total_s": 0.0},
         }
 
@@ -443,11 +452,16 @@ class Simulation:
         update with its own codec state. Returns (one result per client that did not fail, failures)."""
         tm = st["timing"]
         Bsnap = {k: v.clone() for k, v in st["B"].items()}
+        c_hat, c_len = (sround.broadcast(st["scaffold"], self.down_codec, seed=derive_seed(self.seed, t, 1 << 21))
+                        if self.scaffold else (None, 0))
+        self._c_hat = c_hat
         jobs = [ClientJob(client=c, spec=None if self.secagg else self.codec_for(c, t).spec,
                           state=st["client_states"].get(c), train_seed=derive_seed(self.seed, t, c, 2),
                           encode_seed=derive_seed(self.seed, t, c, 3),
                           start=plan.sync_blobs[plan.syncs[c]] if c in plan.syncs else None,
-                          attack=self.attack.spec if c in self.attackers else None)
+                          attack=self.attack.spec if c in self.attackers else None,
+                          control=None if c_hat is None else scaffold.correction(c_hat, st["scaffold"]["ci"].get(c)),
+                          c_hat=c_hat if self.scaffold_controls == "sent" else None)
                 for c in online]
         outs = self._backend.map(Bsnap, jobs, self.train_cfg, float_keys=float_keys, masks=masks,
                                  masks_np=masks_np, loss_fn=self.loss_fn, clip=self.dp_clip)
@@ -475,8 +489,8 @@ class Simulation:
             tm["encode_s"] += out["encode_s"]
             st["client_states"][c] = out["state"]
             blob = out["blob"]
-            results.append(steps.ClientResult(c, blob, float(n), plan.downs[c], len(blob), comp, out["loss"],
-                                              job.spec))
+            results.append(steps.ClientResult(c, blob, float(n), plan.downs[c] + c_len, len(blob), comp,
+                                              out["loss"], job.spec))
         return results, failed
 
     def _collect(self, st, t, results) -> tuple[netmod.RoundTiming, set[int], set[int]]:
@@ -495,6 +509,12 @@ class Simulation:
         nobody survived; the row's privacy fields; (extra bytes up, extra bytes down))."""
         t0 = time.perf_counter()
         mean, priv, extra = self._aggregate(st, t, results, kept, secure, float_keys, masks_np)
+        if self.scaffold and mean is not None:
+            st["scaffold"] = sround.commit_round(
+                st["scaffold"], [r for r in results if r.client in kept], self._c_hat,
+                self._upload_structure(st, float_keys), masks_np, controls=self.scaffold_controls,
+                cfg=self.train_cfg, n_clients=len(self.clients))
+            mean = scaffold.split_controls(mean)[0]  # the mean Δcᵢ has no place in the model
         update_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in mean.values()))) if mean else None
         self._apply(st, t, mean, masks)
         st["timing"]["decode_aggregate_s"] += time.perf_counter() - t0
@@ -516,7 +536,7 @@ class Simulation:
                                                    current=st["secagg_range"])
             priv["secagg_range"] = self._sa_codec.hi
             return mean, priv, extra
-        structure = Structure.of({k: st["G"][k] for k in float_keys})
+        structure = self._upload_structure(st, float_keys)
         specs = sorted({r.spec for r in results})
         inner = st["dp"] if st["dp"] is not None else self._aggregator
         proc = DecodingFactory(inner, structures=[structure], masks=masks_np, specs=specs).create()
@@ -525,6 +545,10 @@ class Simulation:
                 proc.accept(r.blob, weight=r.weight, client=r.client)
         mean, meas = proc.result()
         return mean, {k: v for k, v in meas.items() if k.startswith("dp_")}, (0, 0)
+
+    def _upload_structure(self, st, float_keys) -> Structure:
+        return sround.upload_structure(st["G"], float_keys,
+                                       st["scaffold"] if self.scaffold_controls == "sent" else None)
 
     def _apply(self, st, t, mean, masks) -> None:
         """The server strategy steps G by the mean update (kept pruned); without a downlink codec
@@ -556,3 +580,4 @@ class Simulation:
         if self.out_dir:
             write_results(self.out_dir, st["history"], summary)
         return SimResult(st["history"], summary, st["G"])
+
