@@ -1,13 +1,13 @@
 """In-process tests of the Flower integration: the client mod and the strategy wrapper.
 
 Messages are built with explicit metadata and passed between a real Flower strategy (FedAvg,
-FedAdam, FedProx) and the mod, as the SuperLink would deliver them, without any network.
+FedAdam, FedProx) and the mod, as the SuperLink would deliver them, without any network
+(``flower_plumbing``, shared with test_flower_dp.py).
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 
 import numpy as np
 import pytest
@@ -15,23 +15,17 @@ import torch
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import (  # noqa: E402
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    Metadata,
-    MetricRecord,
-    RecordDict,
+from flower_plumbing import (  # noqa: E402
+    FakeGrid,
+    context,
+    deliver,
+    reply_with,
+    restart,
+    run_round,
+    train_message,
 )
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message  # noqa: E402
 from flwr.common.constant import ErrorCode  # noqa: E402
-from flwr.common.serde import (  # noqa: E402
-    context_from_proto,
-    context_to_proto,
-    recorddict_from_proto,
-    recorddict_to_proto,
-)
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx  # noqa: E402
 
 import fedpress  # noqa: E402
@@ -49,67 +43,8 @@ from fedpress.integrations.flower import (  # noqa: E402
 from fedpress.sim.runner import derive_seed  # noqa: E402
 from fedpress.wire import Structure  # noqa: E402
 
-_ids = itertools.count(1)
-
 
 # ----------------------------------------------------------------------------- plumbing
-@pytest.fixture(autouse=True)
-def server_identity():
-    """Flower stamps new instruction messages with the running task's identity (set by the
-    ServerApp process in deployment); give the in-process strategies one."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    old = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
-
-
-class FakeGrid:
-    """The part of flwr's Grid that strategies use for sampling."""
-
-    def __init__(self, nodes):
-        self.nodes = list(nodes)
-
-    def get_node_ids(self):
-        return list(self.nodes)
-
-
-def wire(content: RecordDict) -> RecordDict:
-    """The content as the other side sees it: through Flower's protobuf serialisation."""
-    return recorddict_from_proto(recorddict_to_proto(content))
-
-
-def deliver(msg: Message) -> Message:
-    """What the node receives: the serialised content, with a message id set."""
-    md = msg.metadata
-    meta = Metadata(run_id=1, message_id=f"m{next(_ids)}", src_node_id=0, dst_node_id=md.dst_node_id,
-                    reply_to_message_id="", group_id=md.group_id, created_at=0.0, ttl=3600.0,
-                    message_type=md.message_type)
-    return Message(metadata=meta, content=wire(msg.content))
-
-
-def restart(ctx: Context) -> Context:
-    """Each message runs in a fresh ClientApp process; the SuperNode hands it the stored Context."""
-    return context_from_proto(context_to_proto(ctx))
-
-
-def train_message(arrays: ArrayRecord, config: dict, node: int = 7, mtype: str = "train") -> Message:
-    meta = Metadata(run_id=1, message_id=f"m{next(_ids)}", src_node_id=0, dst_node_id=node,
-                    reply_to_message_id="", group_id="1", created_at=0.0, ttl=3600.0, message_type=mtype)
-    return Message(metadata=meta, content=RecordDict({"arrays": arrays, "config": ConfigRecord(config)}))
-
-
-def context(node: int) -> Context:
-    return Context(run_id=1, node_id=node, node_config={}, state=RecordDict(), run_config={})
-
-
-def reply_with(model: dict[str, torch.Tensor], msg: Message, n: int = 10) -> Message:
-    content = RecordDict({"arrays": ArrayRecord({k: Array(v.numpy()) for k, v in model.items()}),
-                          "metrics": MetricRecord({"num-examples": n, "train_loss": 1.0})})
-    return Message(content, reply_to=msg)
-
-
 def shift_trainer(shifts: dict[int, float]):
     """A deterministic 'training': each node adds a node- and round-dependent pattern."""
 
@@ -131,37 +66,6 @@ def model_record(seed: int = 0) -> ArrayRecord:
         "fc.bias": Array(torch.zeros(16).numpy()),
         "steps": Array(np.array([3], np.int64)),  # an integer buffer: never part of the update
     })
-
-
-def run_round(strategy, arrays: ArrayRecord, rnd: int, nodes: dict[int, Context], train, *,
-              skip=(), offline=()):
-    """One Flower round in-process: configure, deliver, run mod + train, aggregate. Nodes in
-    ``skip`` get a message but never answer; nodes in ``offline`` are not connected (not sampled)."""
-    grid = FakeGrid(n for n in nodes if n not in offline)
-    msgs = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
-    replies, received = [], {}
-    for m in msgs:
-        node = m.metadata.dst_node_id
-        if node in skip:
-            continue
-        inbox = deliver(m)
-        received[node] = inbox
-
-        def seen(msg, ctx, _n=node):  # record what the user's train function got, then train
-            received[_n] = msg.content["arrays"].to_torch_state_dict()
-            return train(msg, ctx)
-
-        nodes[node] = restart(nodes[node])
-        reply = fedpress_mod(inbox, nodes[node], seen)
-        if not reply.has_error():
-            reply = Message(metadata=reply.metadata, content=wire(reply.content))
-        replies.append(reply)
-    # The wrapper replaces each reply's blob by the decoded model (as Flower's DP wrappers rewrite
-    # replies), so keep the blobs as they arrived.
-    blobs = {r.metadata.src_node_id: None if r.has_error() else r.content["arrays"]["fedpress"].data
-             for r in replies}
-    agg, metrics = strategy.aggregate_train(rnd, replies)
-    return msgs, blobs, agg, metrics, received
 
 
 # ----------------------------------------------------------------------------- wire helpers

@@ -36,6 +36,38 @@ Client::
 
     app = ClientApp(mods=[fedpress_mod])
 
+With Flower's differential privacy
+----------------------------------
+Flower's central-DP wrappers go *inside* ``FedpressStrategy``, which then hands them decoded
+``global + update`` replies. Server-side clipping needs nothing more: the wrapper clips the very
+update that is averaged, then adds its noise::
+
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+    dp = DifferentialPrivacyServerSideFixedClipping(
+        FedAvg(), noise_multiplier=1.0, clipping_norm=0.5, num_sampled_clients=10)
+    strategy = FedpressStrategy(dp, codec="ef+topk:ratio=0.01+q:bits=8")
+
+Client-side clipping clips *before* compression, and compression can lengthen the update again
+(quantisation; error feedback adds earlier rounds' residual back), past the ``C`` the noise is sized
+for. So the strategy clips each decoded update to the ``clipping_norm`` the DP wrapper sends the
+nodes (exact, and no extra trust: under central DP the server sees each update anyway), and
+``fedpress_mod`` clips the update as Flower's mod would and keeps what the server's clip will take
+off in the error-feedback residual, so it is sent later rather than lost. Flower's clipping mod is
+then optional; used, it must run *inside* ``fedpress_mod`` (the other order is an error reply naming
+the fix). Details: :mod:`fedpress.integrations.flower_dp`. ::
+
+    from flwr.clientapp.mod import fixedclipping_mod
+    from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+    dp = DifferentialPrivacyClientSideFixedClipping(
+        FedAvg(), noise_multiplier=1.0, clipping_norm=0.5, num_sampled_clients=10)
+    strategy = FedpressStrategy(dp, codec="ef+topk:ratio=0.01+q:bits=2")
+
+    app = ClientApp(mods=[fedpress_mod])  # clips to clipping_norm itself
+
+    @app.train(mods=[fixedclipping_mod])  # optional; inside fedpress_mod (adaptiveclipping_mod
+    def train(msg, context):              # is needed there for the adaptive wrapper's norm bit)
+        ...
+
 >>> from flwr.serverapp.strategy import FedAvg
 >>> s = FedpressStrategy(FedAvg(), codec="ef+topk:ratio=0.1+q:bits=8", seed=7)
 >>> s.codec.spec, STYPE
@@ -69,6 +101,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedpress.codecs import Codec, decompress
+from fedpress.integrations import flower_dp as dp
 from fedpress.sim.runner import derive_seed
 from fedpress.wire import WIRE_VERSION, Structure, WireError
 
@@ -261,7 +294,10 @@ def fedpress_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Me
     ``ArrayRecord`` (same key) then holds one ``Array`` with ``stype=STYPE`` whose data is the blob
     of ``trained − received`` (floating-point tensors; integer buffers are not sent). The codec state
     persists in ``ctx.state`` between rounds. Problems come back as an error reply, never as a
-    silently uncompressed model.
+    silently uncompressed model. With a ``clipping_norm`` in the config (Flower's client-side DP
+    wrappers) it clips the update to it, as ``fixedclipping_mod`` does, and keeps in the error-feedback
+    residual what the server's clip of the decoded update will remove; Flower's clipping mods must
+    run inside it, never outside (:mod:`fedpress.integrations.flower_dp`).
 
     >>> import fedpress, numpy as np
     >>> from flwr.app import Metadata
@@ -289,8 +325,17 @@ def fedpress_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Me
         log(WARNING, "fedpress_mod: no %r in the train config (is the server strategy wrapped in "
             "FedpressStrategy?); sending the model uncompressed", KEY_CODEC)
         return call_next(msg, ctx)
+    outer = dp.enclosing_array_mod()
+    if outer is not None:  # it would fail on the blob after training; say so now, with the fix
+        clips = "" if outer == "LocalDpMod" else "; fedpress_mod also clips to clipping_norm itself"
+        return _mod_error(msg, f"it runs inside {outer}, which reads the model arrays of the reply "
+                          f"and cannot read a compressed one: run {outer} inside fedpress_mod, "
+                          f"ClientApp(mods=[fedpress_mod]) with @app.train(mods=[{outer}]) (or "
+                          f"ClientApp(mods=[fedpress_mod, {outer}])){clips}")
     try:
         codec = Codec(str(cfg[KEY_CODEC]))
+        # A client-side DP wrapper's clip C (the server clips the decoded update to it as well).
+        clip = dp.clipping_norm(msg.content)
         in_key, record = _single(msg.content.array_records, "ArrayRecord", "train message")
         if KEY_DOWN in cfg:
             base = _receive_downlink(record, cfg, ctx)
@@ -318,12 +363,17 @@ def fedpress_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Me
                                          f"received {tuple(b.shape)}")
             update[k] = new[k].to(b.dtype) - b
         seed = update_seed(int(cfg.get(KEY_SEED, 0)), int(cfg[KEY_ROUND]), ctx.node_id)
+        if clip is not None:  # as fixedclipping_mod does (float tensors: the ones sent)
+            dp.clip_update(update, clip)
         e = codec.encode_ex(update, _load_state(ctx), seed=seed, structure="fingerprint",
                             spec_ref=True)
+        new_state = e.state
+        if clip is not None and codec.error_feedback:  # the server clips the decoded update again
+            new_state = dp.feed_back_clip(new_state, e.recon, codec, clip)
     except (ValueError, KeyError, TypeError) as err:
         return _mod_error(msg, str(err))
     if codec.stateful:
-        _save_state(ctx, e.state)
+        _save_state(ctx, new_state)
     out.content[out_key] = ArrayRecord({_UP_KEY: pack_blob(e.blob)})
     return out
 
@@ -347,7 +397,11 @@ class FedpressStrategy(Strategy):
     (this round's totals), ``fedpress-uplink-bytes-per-node`` (one entry per decoded reply, in
     ascending node-id order), ``fedpress-clients`` and ``fedpress-rejected``. ``history`` keeps one
     dict per round with the same numbers keyed by node id, and each node's own train metrics
-    (``client_metrics``), which the wrapped strategy only reports averaged.
+    (``client_metrics``), which the wrapped strategy only reports averaged. Under a client-side DP
+    wrapper each decoded update is clipped to the ``clipping_norm`` the wrapper sent that node (read
+    from the message rather than set here: one setting, which follows the adaptive wrapper's changes
+    and whichever way the two wrappers nest), and the row gains ``dp``: the clip, each decoded
+    update's norm, and the nodes whose update the clip shortened.
 
     >>> from flwr.serverapp.strategy import FedAdam
     >>> s = FedpressStrategy(FedAdam(), codec="topk:ratio=0.05+q:bits=4", down_codec="q:bits=8")
@@ -382,6 +436,7 @@ class FedpressStrategy(Strategy):
         self._full_blob = b""
         self._B_digest = ""
         self._node_version: dict[int, int] = {}
+        self._clip: dict[int, float] = {}  # node -> the DP clip C its train config carried
 
     def __repr__(self) -> str:
         down = f", down_codec={self.down_codec.spec!r}" if self.down_codec else ""
@@ -413,6 +468,11 @@ class FedpressStrategy(Strategy):
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self._G = _to_torch(arrays)
         self._sent = {}
+        # A client-side DP wrapper, inside or outside this one, tells the nodes their clip in the
+        # config: read it from the messages, so it is exactly what each node was told this round
+        # (the adaptive wrapper changes it every round).
+        self._clip = {int(m.metadata.dst_node_id): c for m in messages
+                      if (c := dp.clipping_norm(m.content)) is not None}
         if self.down_codec is not None and messages:
             self._broadcast(server_round)
         for m in messages:
@@ -477,7 +537,7 @@ class FedpressStrategy(Strategy):
                 out[key] = value
         return out
 
-    def _decode_reply(self, reply: Message, structure: Structure) -> dict[str, np.ndarray]:
+    def _decode_reply(self, reply: Message, structure: Structure) -> dict[str, torch.Tensor]:
         node = int(reply.metadata.src_node_id)
         where = f"train reply from node {node}"
         if node not in self._sent:
@@ -490,7 +550,7 @@ class FedpressStrategy(Strategy):
             update = decompress(array.data, structures=[structure], specs=[self.codec.spec])
         except (FedpressReplyError, WireError) as e:
             raise FedpressReplyError(f"{where}: {e}") from None
-        return {k: (v + update[k] if k in update else v).numpy() for k, v in self._G.items()}
+        return update
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -502,20 +562,30 @@ class FedpressStrategy(Strategy):
         decoded: list[tuple[Message, dict[str, np.ndarray]]] = []
         up: dict[int, int] = {}
         rejected: dict[int, str] = {}
+        norms: dict[int, float] = {}
+        reclipped: list[int] = []
         for reply in replies:  # decode everything first: a raise leaves the replies untouched
             node = int(reply.metadata.src_node_id)
             if reply.has_error():
                 good.append(reply)  # the wrapped strategy logs and skips it
                 continue
             try:
-                model = self._decode_reply(reply, structure)
+                update = self._decode_reply(reply, structure)
             except FedpressReplyError as e:
                 if self.on_bad_reply == "raise":
                     raise
                 log(ERROR, "fedpress: dropping %s", e)
                 rejected[node] = str(e)
                 continue
-            decoded.append((reply, model))
+            if node in self._clip:
+                # Client-side DP: the noise is sized for updates of norm <= C, but the node's clip
+                # came before compression, which can lengthen the update (quantisation, the EF
+                # residual). Clip what is actually averaged, exactly.
+                norms[node], scale = dp.clip_update(update, self._clip[node])
+                if scale < 1.0:
+                    reclipped.append(node)
+            decoded.append((reply, {k: (v + update[k] if k in update else v).numpy()
+                                    for k, v in self._G.items()}))
         client_metrics: dict[int, dict[str, Any]] = {}
         for reply, model in decoded:
             node = int(reply.metadata.src_node_id)
@@ -540,6 +610,11 @@ class FedpressStrategy(Strategy):
             "rejected": rejected,
             "client_metrics": dict(sorted(client_metrics.items())),
         }
+        if self._clip:
+            # Kept here, on the server, and not in the returned metrics: each node's update norm
+            # is exactly what central DP keeps from being released unnoised.
+            row["dp"] = {"clipping_norm": dict(sorted(self._clip.items())),
+                         "update_norms": dict(sorted(norms.items())), "reclipped": sorted(reclipped)}
         self.history.append(row)
         metrics = MetricRecord() if metrics is None else metrics
         metrics["fedpress-uplink-bytes"] = row["uplink_bytes"]
