@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fedpress.cli import _register_subcommands, app
@@ -141,3 +142,25 @@ def test_compare_checks_the_codecs_it_runs_not_the_default(tmp_path):
                               "--rounds", "1", "--out", str(tmp_path / "b"), "-q"])
     assert bad.exit_code != 0 and "ef+sign" in bad.output and "secagg" in bad.output
     assert not (tmp_path / "b" / "runs").exists()  # refused before any run
+
+
+def test_inspect_breaks_a_blob_down_and_refuses_bad_files(tmp_path):
+    import fedpress
+
+    sd = {"w": torch.randn(40, 30), "b": torch.randn(30)}
+    f = tmp_path / "u.bin"
+    f.write_bytes(fedpress.compress(sd, "ef+topk:ratio=0.1+q:bits=8; b=none", seed=1))
+    r = runner.invoke(app, ["inspect", str(f), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["total_bytes"] == f.stat().st_size
+    assert [(t["name"], t["pipeline"]) for t in d["tensors"]] == [("w", "ef+topk:ratio=0.1+q:bits=8"), ("b", "none")]
+    assert d["tensors"][1]["payload_bytes"] == 120
+    r = runner.invoke(app, ["inspect", str(f)])
+    assert r.exit_code == 0 and "ef+topk:ratio=0.1+q:bits=8" in r.output
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"not a blob at all")
+    r = runner.invoke(app, ["inspect", str(bad)])
+    assert r.exit_code == 2 and "bad magic" in r.output
+    r = runner.invoke(app, ["inspect", str(tmp_path / "missing.bin")])
+    assert r.exit_code == 2 and "cannot read" in r.output

@@ -10,6 +10,7 @@ True
 """
 
 from fedpress.codecs import Codec, SpecError, codec, compress, decompress
+from fedpress.codecs.anatomy import inspect_blob
 from fedpress.wire import Limits, Structure, WireError
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "codec",
     "compress",
     "decompress",
+    "inspect_blob",
 ]
 
 

@@ -59,6 +59,41 @@ def codecs_cmd() -> None:
               "(selectors: a name glob, numel<N, ndim<N)", soft_wrap=True)
 
 
+@app.command("inspect")
+def inspect_cmd(
+    blob: Path = typer.Argument(..., help="a file holding one fedpress blob"),  # noqa: B008
+    spec: list[str] = typer.Option(None, "--spec", help="the agreed spec, for a blob that names it by digest"),  # noqa: B008
+    json_out: bool = typer.Option(False, "--json", help="print the breakdown as JSON"),
+) -> None:
+    """Where a blob's bytes go: envelope, body, and per tensor its pipeline and payload."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedpress import WireError, inspect_blob
+
+    try:
+        info = inspect_blob(blob.read_bytes(), specs=spec or None)
+    except OSError as e:
+        _fail(f"cannot read {blob}: {e.strerror or e}")
+    except WireError as e:
+        _fail(f"{blob}: {e}")
+    if json_out:
+        typer.echo(json.dumps(info.to_dict(), indent=1))
+        return
+    body = f"{info.body_bytes} B body" + (f" ({info.lossless}-coded)" if info.lossless else "")
+    t = Table(title=f"{blob.name}: {info.total_bytes} B = {info.envelope_bytes} B envelope + {body}; "
+                    f"spec {info.spec!r}, seed {info.seed}")
+    for col in ("tensor", "dtype", "shape", "pipeline", "fields", "payload B", "bits/value"):
+        t.add_column(col)
+    for x in info.tensors:
+        t.add_row(x.name or "(top level)", x.dtype, "×".join(map(str, x.shape)) or "scalar", x.pipeline,
+                  str(x.fields), str(x.payload_bytes), f"{x.bits_per_value:.3f}")
+    con = Console()
+    Console(width=200).print(t) if not con.is_terminal else con.print(t)
+
+
 @app.command("scenarios")
 def scenarios_cmd() -> None:
     """List the built-in scenarios, with one line of help each."""

@@ -421,6 +421,15 @@ def decompress(
 
     Raises :class:`fedpress.WireError` on anything malformed, and on nothing else.
     """
+    p, c, mk, lim = _open(blob, structures, masks, limits, specs)
+    # Tampered (checksum-recomputed) blobs may carry inf/NaN scales; the arithmetic on them must not
+    # surface as RuntimeWarnings, which become exceptions under ``-W error``: only WireError may.
+    with np.errstate(all="ignore"):
+        return _decode_tensors(p, c, mk, lim, device)
+
+
+def _open(blob, structures, masks, limits, specs):
+    """The parsed envelope, its codec, the checked masks and the limits of one decode."""
     if isinstance(specs, str):
         specs = [specs]
     p = read_blob(blob, limits=limits or DEFAULT_LIMITS, structures=structures, specs=specs)
@@ -437,17 +446,17 @@ def decompress(
             raise WireError("pruning masks differ from the ones the blob was encoded with")
     else:
         mk = {}
-    # Tampered (checksum-recomputed) blobs may carry inf/NaN scales; the arithmetic on them must not
-    # surface as RuntimeWarnings, which become exceptions under ``-W error``: only WireError may.
-    with np.errstate(all="ignore"):
-        return _decode_tensors(p, c, mk, lim, device)
+    return p, c, mk, lim
 
 
-def _decode_tensors(p, c: Codec, mk: dict, lim: Limits, device=None):
+def _decode_tensors(p, c: Codec, mk: dict, lim: Limits, device=None, spans: list | None = None):
+    # ``spans``, when given, receives each tensor's (first field, end field) (fedpress.codecs.anatomy).
     on_device = device is not None and kernels.routes(device)
     pos = [0]
     out = []
     for ti, ts in enumerate(p.structure.tensors):
+        if spans is not None:
+            spans.append(pos[0])
         pl = c.pipeline_for(ts.name, ts.shape)
         if not ts.is_float or pl.raw:
             dt = _native(ts)
@@ -488,6 +497,8 @@ def _decode_tensors(p, c: Codec, mk: dict, lim: Limits, device=None):
         out.append(r if device is None else _to_device(r, device))
     if pos[0] != len(p.fields):
         raise WireError(f"{len(p.fields) - pos[0]} unexpected trailing field(s)")
+    if spans is not None:
+        spans.append(pos[0])
     if p.structure.is_dict:
         return {t.name: v for t, v in zip(p.structure.tensors, out, strict=True)}
     return out[0]

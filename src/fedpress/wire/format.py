@@ -309,6 +309,9 @@ class Parsed:
     fields: list[memoryview]
     by_fingerprint: bool
     mask_digest: bytes | None = None
+    #: The envelope's flags byte, and the body's length as it travelled (after zstd or ans).
+    flags: int = 0
+    body_bytes: int = 0
 
 
 def write_blob(
@@ -454,6 +457,7 @@ def read_blob(
         structure = Structure.read(r, is_dict, limits)
     mdig = bytes(r.take(8, "mask digest")) if flags & FLAG_MASKED else None
     body = r.take(r.remaining(), "body")
+    body_bytes = len(body)
     # A few bytes of zstd or ans can describe a body of max_body_bytes (2 GiB by default). No codec
     # writes more than ~14 bytes of fields per value (q with block=1 after top-k: value, index,
     # lo, scale, code), so a decoded body is capped at BODY_BYTES_PER_VALUE per value of the
@@ -466,7 +470,7 @@ def read_blob(
         from fedpress.wire import ans as _ans
 
         fields = _ans.decode_body(body, dataclasses.replace(limits, max_body_bytes=cap))
-        return Parsed(spec, seed, structure, fields, bool(flags & FLAG_FINGERPRINT), mdig)
+        return Parsed(spec, seed, structure, fields, bool(flags & FLAG_FINGERPRINT), mdig, flags, len(body))
     if flags & FLAG_ZSTD:
         import zstandard
 
@@ -492,4 +496,4 @@ def read_blob(
     if sum(lens) != br.remaining():
         raise WireError(f"field table says {sum(lens)} bytes of fields, body has {br.remaining()}")
     fields = [br.take(ln, "field") for ln in lens]
-    return Parsed(spec, seed, structure, fields, bool(flags & FLAG_FINGERPRINT), mdig)
+    return Parsed(spec, seed, structure, fields, bool(flags & FLAG_FINGERPRINT), mdig, flags, body_bytes)
