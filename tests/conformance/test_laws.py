@@ -19,6 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from spec_strategies import spec_strategy as _spec_strategy
 
 import fedpress
 from fedpress import SpecError, Structure, WireError
@@ -541,35 +542,6 @@ def test_unsupported_inputs_are_clear_errors():
 
 
 # ---------------------------------------------------------------------------- hypothesis
-
-
-def _spec_strategy():
-    r = st.floats(0.001, 1.0)
-    blk = st.sampled_from([0, 1, 5, 64, 256])
-    return st.one_of(
-        st.just("none"), st.just("fp16"), st.just("bf16"),
-        st.builds(lambda b, lo, w, rd: f"fixed:bits={b},lo={lo},hi={lo + w},rounding={rd}",
-                  st.integers(1, 8), st.integers(-5, 0), st.integers(1, 10),
-                  st.sampled_from(["floor", "nearest", "stochastic"])),
-        st.builds(lambda b, k, m, s: f"q:bits={max(b, 2 if m == 'absmax' else 1)},block={k},mode={m},stochastic={s}",
-                  st.integers(1, 8), blk, st.sampled_from(["minmax", "absmax"]), st.integers(0, 1)),
-        st.builds(lambda s, k: f"qsgd:levels={s},block={k}", st.integers(1, 127), blk),
-        st.builds(lambda k: f"sign:block={k}", blk),
-        st.builds(lambda k: f"ternary:block={k}", blk),
-        st.builds(lambda x: f"topk:ratio={x:.4g}", r),
-        st.builds(lambda x, u: f"randk:ratio={x:.4g},unbiased={u}", r, st.integers(0, 1)),
-        st.builds(lambda t: f"threshold:tau={t}", st.sampled_from([0, 0.01, 0.5, 2])),
-        st.builds(lambda k: f"svd:rank={k},min_size=0", st.integers(1, 5)),
-        st.builds(lambda k: f"powersgd:rank={k},min_size=0", st.integers(1, 5)),
-        st.builds(lambda k: f"rht:block={k}", st.sampled_from([2, 4, 8, 4096])),
-        st.builds(lambda c, r, k, e: f"sketch:cols={c},rows={r},k={k},est={e}", st.sampled_from([1, 3, 16]),
-                  st.sampled_from([1, 2, 3, 4, 15]), st.sampled_from([0, 1, 5]), st.sampled_from(["median", "mean"])),
-        st.builds(lambda r, inner: f"sketch:ratio={r:.3g},rows=3+{inner}", st.floats(0.01, 0.5),
-                  st.sampled_from(["q:bits=8", "fp16", "qsgd:levels=4,block=8"])),
-        st.builds(lambda k, inner: f"rht:block={k}+{inner}", st.sampled_from([2, 8, 4096]),
-                  st.sampled_from(["sign", "q:bits=2", "q:bits=4,block=5", "qsgd:levels=4,block=8",
-                                   "ternary:block=64", "topk:ratio=0.3+fp16"])),
-    )
 
 
 _finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
