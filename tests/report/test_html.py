@@ -116,3 +116,28 @@ def test_environment_defaults_to_environment_info(tmp_path, runs):
         assert key in env
     assert env == json.loads(json.dumps(environment_info()))
     assert "partition" not in paths
+
+
+def test_upload_anatomy_table_shows_each_codecs_bytes_per_tensor(tmp_path):
+    from fedpress.report.html import _ANATOMY_ROWS, render_html
+
+    def run(codec, tensors, total):
+        return {"summary": {"codec": codec, "upload_anatomy": {
+            "codec": codec, "round": 3, "client": 1, "total_bytes": total, "envelope_bytes": 21,
+            "body_bytes": total - 21, "payload_bytes": sum(t[2] for t in tensors), "lossless": None,
+            "tensors": [{"name": n, "shape": list(s), "payload_bytes": b, "pipeline": p, "dtype": "float32",
+                         "fields": 1, "bits_per_value": 0.0} for n, s, b, p in tensors]}}, "history": []}
+
+    runs = [run("q:bits=8", [("w", (64, 64), 4224, "q:bits=8"), ("b", (64,), 72, "q:bits=8")], 4317),
+            run("topk; b=none", [("w", (64, 64), 98, "topk"), ("b", (64,), 256, "none")], 375),
+            {"summary": {"codec": "secagg"}, "history": []}]  # no anatomy: left out
+    page = render_html([], runs, images={})
+    table = page[page.index("id='anatomy'"):page.index("</table>", page.index("id='anatomy'"))]
+    assert "4.12 KiB · 8.25 b/v" in table and "98 B · 0.19 b/v" in table
+    assert "256 B · 32.00 b/v" in table and "title='none'" in table
+    assert "375 B" in table and "secagg" not in table
+    # many tensors: the biggest are named (in model order), the rest summed in one row
+    many = [(f"t{i}", (i + 1,), 4 * (i + 1), "none") for i in range(_ANATOMY_ROWS + 5)]
+    page = render_html([], [run("none", many, 10_000)], images={})
+    assert f"t{_ANATOMY_ROWS + 4}" in page and "5 other tensors" in page and ">t0<" not in page
+    assert render_html([], [], images={}).count("id='anatomy'") == 0

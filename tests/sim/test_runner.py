@@ -187,3 +187,20 @@ def test_per_client_eval_groups_the_metric_by_link_kind():
     by = res.history[-1]["client_metric_by_kind"]
     assert set(by) == {"wifi", "nbiot"}
     assert min(by.values()) <= res.history[-1]["client_metric_mean"] <= max(by.values())
+
+
+def test_summary_says_where_the_last_upload_bytes_went():
+    spec = "ef+topk:ratio=0.2+q:bits=8; *.bias=none"
+    res = _sim(codec=spec).run()
+    a = res.summary["upload_anatomy"]
+    last = max(h["round"] for h in res.history if h["clients_kept"])
+    row = next(h for h in res.history if h["round"] == last)
+    assert a["round"] == last and a["codec"] == spec
+    assert a["total_bytes"] == row["client_uplink_bytes"][str(a["client"])]
+    assert a["total_bytes"] == a["envelope_bytes"] + a["body_bytes"]
+    names = [t["name"] for t in a["tensors"]]
+    assert names == [k for k, v in _model().state_dict().items()]
+    for t in a["tensors"]:
+        assert t["pipeline"] == ("none" if t["name"].endswith(".bias") else "ef+topk:ratio=0.2+q:bits=8")
+        if t["pipeline"] == "none":
+            assert t["payload_bytes"] == 4 * int(np.prod(t["shape"]))

@@ -13,6 +13,7 @@ import base64
 import datetime as _dt
 import html
 import json
+import math
 import os
 import platform
 import statistics
@@ -247,6 +248,62 @@ def _usage_html(usage: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+#: Tensors listed by name in the upload table; the rest are summed in one row.
+_ANATOMY_ROWS = 15
+
+
+def _anatomy_html(runs: Sequence[Run]) -> str:
+    """Where one upload's bytes go, per tensor and codec (each summary's ``upload_anatomy``: the
+    last aggregated upload of the run, decoded by :func:`fedpress.inspect_blob`). Over seeds, the
+    first run of each codec."""
+    by_codec: dict[str, Mapping[str, Any]] = {}
+    for r in runs:
+        a = (r.get("summary") or {}).get("upload_anatomy")
+        if a and a["codec"] not in by_codec:
+            by_codec[a["codec"]] = a
+    if not by_codec:
+        return ""
+    names: dict[str, list] = {}
+    for a in by_codec.values():
+        for t in a["tensors"]:
+            names.setdefault(t["name"], t["shape"])
+    weight = {n: max((t["payload_bytes"] for a in by_codec.values() for t in a["tensors"] if t["name"] == n),
+                     default=0) for n in names}
+    shown = sorted(names, key=lambda n: -weight[n])[:_ANATOMY_ROWS]
+    shown = [n for n in names if n in shown]  # keep the model's order
+    rest = [n for n in names if n not in shown]
+
+    def cell(a, ts):
+        if not ts:
+            return "<td class='num'>—</td>"
+        b = sum(t["payload_bytes"] for t in ts)
+        n = sum(math.prod(t["shape"]) for t in ts)
+        pipes = sorted({t["pipeline"] for t in ts})
+        return (f"<td class='num' title='{_e(', '.join(pipes))}'>{_e(format_bytes(b))} · "
+                f"{8 * b / n:.2f} b/v</td>" if n else f"{_e(format_bytes(b))}</td>")
+
+    head = "".join(f"<th scope='col' class='code'>{_e(c).replace('+', '+<wbr>')}</th>" for c in by_codec)
+    body = []
+    for n in shown:
+        cells = "".join(cell(a, [t for t in a["tensors"] if t["name"] == n]) for a in by_codec.values())
+        shape = "×".join(map(str, names[n])) or "scalar"
+        body.append(f"<tr><td class='code'>{_e(n)}</td><td>{_e(shape)}</td>{cells}</tr>")
+    if rest:
+        cells = "".join(cell(a, [t for t in a["tensors"] if t["name"] in rest]) for a in by_codec.values())
+        body.append(f"<tr><td>{len(rest)} other tensors</td><td></td>{cells}</tr>")
+    env = "".join(f"<td class='num'>{_e(format_bytes(a['envelope_bytes']))}</td>" for a in by_codec.values())
+    total = "".join(f"<td class='num'>{_e(format_bytes(a['total_bytes']))}"
+                    + (f" ({_e(a['lossless'])})" if a.get("lossless") else "") + "</td>" for a in by_codec.values())
+    body.append(f"<tr><td>envelope</td><td></td>{env}</tr><tr><th scope='row'>blob</th><td></td>{total}</tr>")
+    return (
+        "<h2>Where an upload's bytes go</h2><p class='meta'>the last aggregated upload of each run, "
+        "decoded again: each tensor's payload (bytes · bits per value; hover for its pipeline), before a "
+        "lossless stage over the whole body, then the envelope and the whole blob as sent.</p>"
+        "<div class='scroll'><table class='results' id='anatomy'><thead><tr><th scope='col'>tensor</th>"
+        f"<th scope='col'>shape</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
 def _partition_html(partition: Mapping[str, Any] | None, heatmap: bytes | Path | None) -> str:
     if not partition:
         return "<p class='meta'>(no partition summary given)</p>"
@@ -380,6 +437,7 @@ uplink bytes{ratio_note}. All byte counts are lengths of bytes actually produced
 {"".join(figs) if figs else "<p class='meta'>(no plots)</p>"}
 </div>
 {_usage_html(codec_usage(runs))}
+{_anatomy_html(runs)}
 <h2>Configuration</h2>
 {_kv_table(config or {})}
 <h2>Environment</h2>

@@ -161,3 +161,13 @@ def metrics_row(*, rnd: int, metric: float, loss: float, update_norm: float | No
     if syncs:
         row["client_syncs"] = {str(c): sp for c, sp in syncs.items()}
     return {**row, **extra}
+
+
+def upload_anatomy(result: ClientResult, rnd: int, structure, masks_np) -> dict:
+    """Where one upload's bytes went (:func:`fedpress.inspect_blob`): the summary's
+    ``upload_anatomy``, which the report shows per tensor."""
+    from fedpress.codecs.anatomy import inspect_blob
+
+    info = inspect_blob(result.blob, structures=[structure], specs=[result.spec], masks=masks_np).to_dict()
+    keep = ("total_bytes", "envelope_bytes", "body_bytes", "payload_bytes", "lossless", "tensors")
+    return {"round": rnd + 1, "client": result.client, "codec": result.spec, **{k: info[k] for k in keep}}

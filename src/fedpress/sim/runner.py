@@ -382,6 +382,9 @@ class Simulation:
         timing, kept, vanished = self._collect(st, t, results)
         update_norm, priv, (extra_up, extra_down) = self._server_step(st, t, results, kept, secure, float_keys,
                                                                       masks, masks_np)
+        first = next((r for r in results if r.client in kept), None)
+        if secure is None and first is not None:  # (under secure aggregation a blob is masked codes)
+            st["upload_anatomy"] = steps.upload_anatomy(first, t, self._upload_structure(st, float_keys), masks_np)
         # The metrics row.
         metric, loss, per_client = self._evaluate(st, model)
         up = sum(r.up for r in results) + extra_up
