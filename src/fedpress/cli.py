@@ -91,7 +91,9 @@ def inspect_cmd(
         t.add_row(x.name or "(top level)", x.dtype, "×".join(map(str, x.shape)) or "scalar", x.pipeline,
                   str(x.fields), str(x.payload_bytes), f"{x.bits_per_value:.3f}")
     con = Console()
-    Console(width=200).print(t) if not con.is_terminal else con.print(t)
+    if not con.is_terminal:  # in a pipe or a log, don't squeeze the table into 80 columns
+        con = Console(width=200)
+    con.print(t)
 
 
 @app.command("scenarios")

@@ -199,3 +199,30 @@ def test_any_rule_spec_decodes_each_tensor_as_its_own_pipeline(default, lossless
         ref = fedpress.decompress(alone.encode_ex(sd, alone.init(), seed=seed).blob)[n]
         np.testing.assert_array_equal(out[n], ref, err_msg=n)
         np.testing.assert_array_equal(enc.recon[n], out[n], err_msg=n)
+
+
+def test_specs_a_blob_cannot_carry_are_refused_when_made():
+    rules = "; ".join(f"layer{i}.block{i}.attention.weight=q:bits={1 + i % 8}" for i in range(40))
+    with pytest.raises(fedpress.SpecError, match="more than a blob may carry"):
+        fedpress.codec("q:bits=4; " + rules)
+    fedpress.codec("q:bits=4; " + rules[:900].rsplit(";", 1)[0])  # under the limit: fine
+
+
+def test_globs_are_compiled_per_selector_not_in_fnmatchs_global_cache():
+    """Blobs from untrusted clients carry specs: each new glob used to stay in fnmatch's cache of up
+    to 32 768 patterns after its Codec was gone."""
+    import fnmatch
+
+    before = fnmatch._compile_pattern.cache_info().currsize
+    for i in range(50):
+        c = Codec(f"q:bits=4; x{i}.*=none")
+        assert c.pipeline_for(f"x{i}.w", (3,)).raw and not c.pipeline_for("y.w", (3,)).raw
+    assert fnmatch._compile_pattern.cache_info().currsize == before
+
+
+def test_digest_blobs_decode_with_the_spec_as_written():
+    sd = {"w": torch.randn(30), "fc.bias": torch.randn(4)}
+    c = fedpress.codec("q:bits=4;fc.*=none")
+    blob = c.encode_ex(sd, spec_ref=True).blob
+    out = fedpress.decompress(blob, specs=["Q:bits=4 ;  fc.* = none"])
+    assert torch.equal(out["fc.bias"], sd["fc.bias"])

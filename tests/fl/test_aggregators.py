@@ -140,3 +140,22 @@ def test_norm_clip_bounds_each_update_by_the_median_norm_and_keeps_sparsity():
     assert np.allclose(q.result()[0]["w"].numpy(), np.mean(ups[:3], axis=0))
     with pytest.raises(ValueError, match="factor must be > 0"):
         make_aggregator("norm_clip:factor=0")
+
+
+def test_sparse_mean_limited_to_the_tensors_a_rule_sparsifies():
+    """With per-tensor rules only some tensors are top-k'd: a dense code with exact zeros (ternary
+    here) must get the plain mean, not be divided by the few clients whose value was non-zero."""
+    import fedpress
+    from fedpress.fl.aggregators import auto_aggregator
+
+    c = fedpress.codec("ef+topk:ratio=0.1+q:bits=8; *.bias=ternary")
+    name, fac = auto_aggregator([c], private=False)
+    assert name == "sparse_mean"
+    p = fac.create()
+    p.accept({"w": torch.tensor([[1.0, 0.0]]), "x.bias": torch.tensor([2.0, 0.0])}, weight=1.0)
+    p.accept({"w": torch.tensor([[3.0, 0.0]]), "x.bias": torch.tensor([0.0, 0.0])}, weight=1.0)
+    out = p.result()[0]
+    assert out["w"].tolist() == [[2.0, 0.0]]  # over its senders
+    assert out["x.bias"].tolist() == [1.0, 0.0]  # the plain mean
+    assert auto_aggregator([fedpress.codec("q:bits=8; *.bias=none")], private=False)[0] == "mean"
+    assert auto_aggregator([c], private=True)[0] == "mean"

@@ -141,3 +141,7 @@ def test_upload_anatomy_table_shows_each_codecs_bytes_per_tensor(tmp_path):
     page = render_html([], [run("none", many, 10_000)], images={})
     assert f"t{_ANATOMY_ROWS + 4}" in page and "5 other tensors" in page and ">t0<" not in page
     assert render_html([], [], images={}).count("id='anatomy'") == 0
+    # an empty tensor has bytes but no values: a well-formed cell all the same
+    page = render_html([], [run("none", [("e", (0, 3), 0, "none"), ("w", (2,), 8, "none")], 60)], images={})
+    table = page[page.index("id='anatomy'"):page.index("</table>", page.index("id='anatomy'"))]
+    assert table.count("<td") == table.count("</td>")

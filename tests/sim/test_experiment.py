@@ -79,3 +79,10 @@ def test_clients_caps_a_natural_partition(name, tmp_path):
                                        data_root=str(root) if root else None), None)
     # the first three natural clients, unchanged (not a re-split of the pooled data)
     assert part["sizes"] == part_full["sizes"][:3]
+
+
+def test_scaffold_controls_are_not_silently_dropped_by_async_runs():
+    from fedpress.sim.experiment import build_simulation
+
+    with pytest.raises(ValueError, match="synchronous rounds"):
+        build_simulation(RunConfig(scenario="digits", rounds=1, async_buffer=2, scaffold_controls="sent"))

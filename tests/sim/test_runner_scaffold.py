@@ -128,12 +128,22 @@ def test_derived_controls_with_error_feedback_warn_and_point_to_sent():
     ({"dp_clip": 1.0, "dp_noise": 0.5}, "DP"),
     ({"aggregate": "median"}, "aggregate='median'"),
     ({"optimizer": "adam"}, "optimizer='adam'"),
+    ({"momentum": 0.8}, "momentum=0.8"),
     ({"scaffold_controls": "sent", "policy": "accordion"}, "policy"),
 ])
 def test_settings_scaffold_cannot_honour_are_refused_by_name(kw, fragment):
     with pytest.raises(ValueError, match="strategy 'scaffold'") as ei:
         _sim(strategy="scaffold", **kw)
     assert fragment in str(ei.value)
+
+
+def test_a_checkpoint_resumes_only_under_the_strategy_that_wrote_it(tmp_path):
+    _sim(out_dir=tmp_path / "a", rounds=2, checkpoint_every=2).run()
+    with pytest.raises(ValueError, match="made without strategy 'scaffold'"):
+        _sim(out_dir=tmp_path / "a", rounds=4, strategy="scaffold").run(resume=tmp_path / "a")
+    _sim(out_dir=tmp_path / "b", rounds=2, checkpoint_every=2, strategy="scaffold").run()
+    with pytest.raises(ValueError, match="made with strategy 'scaffold'"):
+        _sim(out_dir=tmp_path / "b", rounds=4).run(resume=tmp_path / "b")
 
 
 def test_bad_scaffold_controls_are_named():

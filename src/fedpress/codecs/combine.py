@@ -118,6 +118,10 @@ class Pipeline:
     def unbiased(self) -> bool:
         return self.raw or (not self.error_feedback and all(s.unbiased for s in self.lossy))
 
+    @property
+    def sparse(self) -> bool:
+        return bool(self.lossy) and self.lossy[0].name in ("topk", "threshold")
+
 
 class Codec:
     """A parsed pipeline with explicit state, for multi-round use.
@@ -144,6 +148,10 @@ class Codec:
         self.rules = [(r, Pipeline(list(r.stages))) for r in rules]
         self.pipelines = [self.default, *(p for _, p in self.rules)]
         self.spec = canonical_rules(default, rules)
+        if len(self.spec.encode()) > DEFAULT_LIMITS.max_spec_bytes:
+            # the blob carries the spec: a decoder would refuse it
+            raise SpecError(f"bad codec spec {spec[:60]!r}...: {len(self.spec.encode())} bytes in canonical "
+                            f"form, more than a blob may carry ({DEFAULT_LIMITS.max_spec_bytes})")
         # The default pipeline's stages; a rule's are in ``self.rules``.
         self.stages = default
         self.lossy = self.default.lossy
@@ -178,8 +186,13 @@ class Codec:
     @property
     def sparse(self) -> bool:
         """Whether some pipeline starts with a biased sparsifier (top-k, threshold): each client
-        then sends few coordinates, and the server should average a coordinate over its senders."""
-        return any(p.lossy and p.lossy[0].name in ("topk", "threshold") for p in self.pipelines)
+        then sends few coordinates, and the server should average a coordinate over its senders
+        (for the tensors :meth:`sparse_for` names)."""
+        return any(p.sparse for p in self.pipelines)
+
+    def sparse_for(self, name: str, shape: tuple[int, ...]) -> bool:
+        """Whether the pipeline of this tensor starts with a biased sparsifier."""
+        return self.pipeline_for(name, shape).sparse
 
     @property
     def stateful(self) -> bool:
@@ -308,14 +321,12 @@ class Codec:
         return decompress(blob, **kw)
 
 
-
 def _on_device(pl: Pipeline, v, ts: TensorSpec, masks) -> bool:
     """Whether tensor ``v`` is encoded by the Triton kernels (fedpress.kernels.routes): not with
     error feedback (its residual state lives on the host) or a pruning mask, and only when the
     first stage has a device implementation."""
     return (not pl.error_feedback and not (masks and ts.name in masks)
             and hasattr(pl.lossy[0], "encode_device") and kernels.routes(v))
-
 
 def _torch_f32():
     import torch
@@ -380,6 +391,13 @@ def cached_codec(spec: str) -> Codec:
     return Codec(spec)
 
 
+def _canonical(spec):
+    try:
+        return cached_codec(spec).spec
+    except (SpecError, TypeError):
+        return spec  # not a spec this version parses: it can only match a digest as written
+
+
 def _codec_for_blob(spec: str) -> Codec:
     try:
         return cached_codec(spec)
@@ -432,6 +450,8 @@ def _open(blob, structures, masks, limits, specs):
     """The parsed envelope, its codec, the checked masks and the limits of one decode."""
     if isinstance(specs, str):
         specs = [specs]
+    if specs is not None:  # the digest is of the canonical spec: accept the spec as the user wrote it
+        specs = [_canonical(s) for s in specs]
     p = read_blob(blob, limits=limits or DEFAULT_LIMITS, structures=structures, specs=specs)
     c = _codec_for_blob(p.spec)
     lim = limits or DEFAULT_LIMITS

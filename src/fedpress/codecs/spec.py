@@ -24,7 +24,8 @@ and PowerSGD skip small layers): they cost little bytes and their error costs mu
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from fedpress.codecs.base import Stage
 
@@ -142,10 +143,17 @@ class Selector:
 
     kind: str  # "glob" | "numel" | "ndim"
     value: str | int
+    # The glob compiled once, held by this selector (so by its cached Codec): fnmatch's own cache
+    # keeps up to 32 768 patterns, which blobs from untrusted clients could fill.
+    _match: object = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.kind == "glob":
+            object.__setattr__(self, "_match", re.compile(fnmatch.translate(self.value)).fullmatch)
 
     def matches(self, name: str, shape: tuple[int, ...]) -> bool:
         if self.kind == "glob":
-            return fnmatch.fnmatchcase(name, self.value)
+            return self._match(name) is not None
         if self.kind == "numel":
             n = 1
             for d in shape:
@@ -178,24 +186,28 @@ def _is_rule(part: str) -> bool:
     return bool(eq) and ":" not in head and "+" not in head
 
 
+_BOUND = re.compile(r"(numel|ndim)\s*<\s*(.*)")
+
+
 def _parse_selector(raw: str, shown: str, part: str) -> Selector:
     sel = raw.strip()
     if not sel:
         raise SpecError(f"bad codec spec {shown!r}: empty selector in rule {part!r}")
-    for kind in ("numel", "ndim"):
-        if sel.replace(" ", "").startswith(kind + "<"):
-            bound = sel.replace(" ", "")[len(kind) + 1:]
-            try:
-                n = int(bound)
-            except ValueError:
-                n = -1
-            if n < 1:
-                raise SpecError(f"bad codec spec {shown!r}: in rule {part!r}, {kind}< needs a positive "
-                                f"integer, got {bound!r}")
-            return Selector(kind, n)
+    m = _BOUND.fullmatch(sel)
+    if m:
+        kind, bound = m.groups()
+        n = int(bound) if bound.isdigit() else 0
+        if n < 1:
+            raise SpecError(f"bad codec spec {shown!r}: in rule {part!r}, {kind}< needs a positive "
+                            f"integer, got {bound!r}")
+        return Selector(kind, n)
     if any(c in sel for c in "<>= "):
         raise SpecError(f"bad codec spec {shown!r}: in rule {part!r}, selector {sel!r} is neither a "
                         "name glob (e.g. '*.bias') nor numel<N / ndim<N")
+    if sel.count("[") != sel.count("]"):
+        # ',' separates selectors, so a character class [a,b] would be cut in two silently
+        raise SpecError(f"bad codec spec {shown!r}: in rule {part!r}, selector {sel!r} has unbalanced "
+                        "brackets (',' separates selectors: write [ab], not [a,b])")
     return Selector("glob", sel)
 
 

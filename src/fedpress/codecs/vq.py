@@ -44,9 +44,23 @@ def code_bits(k: int) -> int:
     return max(0, math.ceil(math.log2(k))) if k > 1 else 0
 
 
+def _one_thread():
+    # scikit-learn's Lloyd iterations sum per-thread partial results, and a BLAS product may block
+    # differently with more threads: the rounding, so the codebook and the codes, would depend on
+    # the machine's thread count. One thread: same seed, same bytes, everywhere (law 4).
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
 def nearest(points: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     """Index of each point's nearest codebook row (squared L2; ties to the lowest index), in float64
     so that a centroid nearer by less than float32 rounding is still the one picked."""
+    with _one_thread():
+        return _nearest(points, codebook)
+
+
+def _nearest(points: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     cb = codebook.astype(np.float64)
     cn = (cb * cb).sum(1)
     out = np.empty(points.shape[0], np.int64)
@@ -70,7 +84,7 @@ def fit_codebook(points: np.ndarray, k: int, iters: int, fit: int, rng: np.rando
         return distinct.astype(np.float32)
     km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=iters,
                 random_state=int(rng.integers(2**31 - 1)))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _one_thread():
         warnings.simplefilter("ignore")  # a run cut short by max_iter is what was asked for
         km.fit(points)
     return km.cluster_centers_.astype(np.float32)
@@ -88,6 +102,7 @@ class PQ(Stage):
     help = ("product quantisation (FLSim): dim-value sub-vectors -> index of the nearest of K "
             "k-means centroids; codebook handed on: dim=8, centroids=256, iters=10, fit=8192; use with ef")
     role = "transform"
+    checks_finite = True  # encode's own pass (before fitting) raises the pipeline's error
     params = {
         "dim": Param(int, 8, "values per sub-vector", lo=1, hi=64),
         "centroids": Param(int, 256, "codebook size K (codes of ceil(log2 K) bits)", lo=2, hi=256),

@@ -86,6 +86,11 @@ class SparseMeanFactory:
     not averaged in). Biased for unbiased sparsifiers (use ``MeanFactory`` with ``randk:unbiased=1``)
     and not a DP mechanism: its sensitivity is not bounded by the clip.
 
+    ``only`` (a predicate on a tensor's name and shape) limits this to the tensors it accepts, the
+    rest get the plain mean: with per-tensor codec rules only some tensors are sparsified, and a
+    dense code with exact zeros (ternary, low-bit q, a raw zero) must not be divided by fewer
+    clients than sent it.
+
     >>> import torch
     >>> p = SparseMeanFactory().create()
     >>> p.accept({"w": torch.tensor([1.0, 0.0, 4.0])}, weight=1.0)
@@ -94,23 +99,42 @@ class SparseMeanFactory:
     [2.0, 0.0, 4.0]
     """
 
+    def __init__(self, only=None):
+        self.only = only
+
     def create(self) -> _SparseMeanProcess:
-        return _SparseMeanProcess()
+        return _SparseMeanProcess(self.only)
 
 
 class _SparseMeanProcess(_MeanProcess):
-    def __init__(self):
+    def __init__(self, only=None):
         super().__init__()
+        self.only = only
         self.weights: dict[str, torch.Tensor] = {}  # per coordinate: weight of the clients that sent it
 
     def _fold(self, k: str, v: torch.Tensor, weight: float) -> None:
+        super()._fold(k, v, weight)
+        if self.only is not None and not self.only(k, tuple(v.shape)):
+            return
         if k not in self.weights:
             self.weights[k] = torch.zeros(v.shape, dtype=torch.float64)
-        super()._fold(k, v, weight)
         self.weights[k].add_((v != 0).to(torch.float64), alpha=weight)
 
     def _finish(self, k: str, s: torch.Tensor) -> torch.Tensor:
+        if k not in self.weights:
+            return s / self.total
         return s / self.weights[k].clamp(min=1e-300)
+
+
+def auto_aggregator(codecs, *, private: bool) -> tuple[str, Factory]:
+    """``aggregate="auto"``: biased sparsifiers (top-k, threshold) send few coordinates per
+    client, so a tensor one of ``codecs`` sparsifies is averaged over its senders
+    (:class:`SparseMeanFactory` limited to those tensors); everything else, and anything private,
+    is the plain mean. Returns (the rule's name, its factory)."""
+    codecs = list(codecs)
+    if private or not any(c.sparse for c in codecs):
+        return "mean", MeanFactory()
+    return "sparse_mean", SparseMeanFactory(only=lambda name, shape: any(c.sparse_for(name, shape) for c in codecs))
 
 
 class SumFactory:

@@ -279,8 +279,8 @@ def _anatomy_html(runs: Sequence[Run]) -> str:
         b = sum(t["payload_bytes"] for t in ts)
         n = sum(math.prod(t["shape"]) for t in ts)
         pipes = sorted({t["pipeline"] for t in ts})
-        return (f"<td class='num' title='{_e(', '.join(pipes))}'>{_e(format_bytes(b))} · "
-                f"{8 * b / n:.2f} b/v</td>" if n else f"{_e(format_bytes(b))}</td>")
+        per_value = f" · {8 * b / n:.2f} b/v" if n else ""
+        return f"<td class='num' title='{_e(', '.join(pipes))}'>{_e(format_bytes(b))}{per_value}</td>"
 
     head = "".join(f"<th scope='col' class='code'>{_e(c).replace('+', '+<wbr>')}</th>" for c in by_codec)
     body = []

@@ -287,6 +287,9 @@ def build_simulation(cfg: RunConfig, out_dir: str | Path | None = None, progress
     part_summary["scheme"] = scheme
     extra = {"partition": scheme, "alpha": cfg.alpha or sc.alpha, "synthetic": sc.synthetic}
     if cfg.async_buffer is not None:
+        if cfg.scaffold_controls != "derived":
+            raise ValueError("scaffold_controls needs strategy 'scaffold', which needs synchronous rounds "
+                             "(not --async-buffer)")
         from fedpress.sim.fedbuff import AsyncSimulation
 
         sim = AsyncSimulation(

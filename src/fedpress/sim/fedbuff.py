@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from fedpress.codecs import Codec, compress, decompress
-from fedpress.fl.aggregators import make_aggregator
+from fedpress.fl.aggregators import auto_aggregator, make_aggregator
 from fedpress.fl.client import TrainConfig
 from fedpress.fl.strategies import make_strategy
 from fedpress.sim import network as netmod
@@ -258,12 +258,13 @@ class AsyncSimulation:
             raise ValueError(f"unknown backend {backend!r} (local or ray)")
         self.backend, self.backend_options = backend, backend_options or {}
         if aggregate == "auto":  # as the synchronous runner: biased sparsifiers average over senders
-            aggregate = "sparse_mean" if self.codec.sparse else "mean"
-        if aggregate not in ("mean", "sparse_mean"):
+            aggregate, self._aggregator = auto_aggregator([self.codec], private=False)
+        elif aggregate not in ("mean", "sparse_mean"):
             raise ValueError(f"aggregate {aggregate!r} is not available asynchronously (mean or sparse_mean): "
                              "robust rules compare the clients of one synchronous round")
+        else:
+            self._aggregator = make_aggregator(aggregate)
         self.aggregate = aggregate
-        self._aggregator = make_aggregator(aggregate)
 
     # ------------------------------------------------------------------ the run
     def run(self, resume: str | Path | None = None) -> SimResult:

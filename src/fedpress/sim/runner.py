@@ -44,7 +44,7 @@ import torch
 from fedpress.codecs import Codec, compress
 from fedpress.codecs.combine import cached_codec
 from fedpress.fl import scaffold
-from fedpress.fl.aggregators import DecodingFactory, make_aggregator
+from fedpress.fl.aggregators import DecodingFactory, auto_aggregator, make_aggregator
 from fedpress.fl.client import TrainConfig
 from fedpress.fl.pruning import PruneSchedule, sparsity_of
 from fedpress.fl.strategies import make_strategy
@@ -224,15 +224,15 @@ class Simulation:
         self.backend_options = backend_options or {}
         if aggregate == "auto":
             # Biased sparsifiers (top-k, threshold) send few coordinates per client: average each
-            # coordinate over its senders. Everything else, and anything private, is a plain mean.
+            # coordinate of the tensors they take over its senders. Anything private: a plain mean.
             specs = [self.codec.spec, *(getattr(self.policy, "ladder", ()) if self.policy else ())]
-            sparse = any(cached_codec(sp).sparse for sp in specs)
-            private = dp_clip is not None or secagg
-            aggregate = "sparse_mean" if sparse and not private else "mean"
+            aggregate, self._aggregator = auto_aggregator(map(cached_codec, specs),
+                                                          private=dp_clip is not None or secagg)
+        else:
+            # Parsed once (one clear ValueError for a bad name, before any work); a stateless
+            # factory that makes each round's process.
+            self._aggregator = make_aggregator(aggregate)
         self.aggregate = aggregate
-        # Parsed once (one clear ValueError for a bad name, before any work); a stateless factory
-        # that makes each round's process.
-        self._aggregator = make_aggregator(aggregate)
         # True (default): a server cannot tell a straggler will miss until the deadline passes, so a
         # round with a straggler lasts the whole deadline. False: the round ends when its slowest
         # kept client is done, as if the server knew in advance who will miss (a lower bound).
@@ -333,6 +333,7 @@ class Simulation:
 
     def _run(self, resume, wall0: float) -> SimResult:
         st = load_checkpoint(resume) if resume is not None else self._fresh_state()
+        sround.check_resume(self, st)
         model = (torch.manual_seed(self.seed), self.model_fn())[1]
         self._backend = make_backend(self.backend, self.model_fn, self.clients, **self.backend_options)
         try:

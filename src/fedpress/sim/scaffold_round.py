@@ -47,6 +47,13 @@ def commit_round(state: dict, kept_results, c_hat: dict, structure: Structure, m
     return scaffold.commit(state, dcs, n_clients=n_clients)
 
 
+def check_resume(sim, st: dict) -> None:
+    """A checkpoint carries SCAFFOLD's state exactly when the run that wrote it used SCAFFOLD."""
+    if bool(sim.scaffold) != (st.get("scaffold") is not None):
+        made = "with" if st.get("scaffold") is not None else "without"
+        raise ValueError(f"the checkpoint was made {made} strategy 'scaffold'; resume it with the same strategy")
+
+
 def check(sim) -> None:
     """SCAFFOLD needs each client's own decoded update (or Δcᵢ) and SGD steps of size lr: refuse,
     by name, what hides the one or changes the other."""
@@ -61,8 +68,11 @@ def check(sim) -> None:
         why = "secure aggregation and DP hide or clip the individual updates the server derives Δcᵢ from"
     elif sim.aggregate not in ("mean", "sparse_mean"):
         why = f"aggregate={sim.aggregate!r} drops updates the control variates would still absorb"
-    elif sim.train_cfg.optimizer != "sgd":
-        why = f"optimizer={sim.train_cfg.optimizer!r}: the variates assume SGD steps of size lr"
+    elif sim.train_cfg.optimizer != "sgd" or sim.train_cfg.momentum:
+        # With heavy-ball momentum β, (x − y)/(Kη) estimates the gradient / (1 − β): the correction
+        # is too large by that factor, and training diverged (least squares, β = 0.8).
+        why = (f"optimizer={sim.train_cfg.optimizer!r}, momentum={sim.train_cfg.momentum:g}: the variates "
+               "assume plain SGD steps of size lr")
     elif sim.policy is not None and sim.scaffold_controls == "sent":
         why = "a codec policy sizes uploads without the Δcᵢ that controls='sent' adds to them"
     if why:
