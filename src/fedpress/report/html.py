@@ -254,8 +254,8 @@ _ANATOMY_ROWS = 15
 
 def _anatomy_html(runs: Sequence[Run]) -> str:
     """Where one upload's bytes go, per tensor and codec (each summary's ``upload_anatomy``: the
-    last aggregated upload of the run, decoded by :func:`fedpress.inspect_blob`). Over seeds, the
-    first run of each codec."""
+    first aggregated upload of the run's last round, decoded by :func:`fedpress.inspect_blob`).
+    Over seeds, the first run of each codec."""
     by_codec: dict[str, Mapping[str, Any]] = {}
     for r in runs:
         a = (r.get("summary") or {}).get("upload_anatomy")
@@ -296,7 +296,7 @@ def _anatomy_html(runs: Sequence[Run]) -> str:
                     + (f" ({_e(a['lossless'])})" if a.get("lossless") else "") + "</td>" for a in by_codec.values())
     body.append(f"<tr><td>envelope</td><td></td>{env}</tr><tr><th scope='row'>blob</th><td></td>{total}</tr>")
     return (
-        "<h2>Where an upload's bytes go</h2><p class='meta'>the last aggregated upload of each run, "
+        "<h2>Where an upload's bytes go</h2><p class='meta'>an upload aggregated in the last round of each run, "
         "decoded again: each tensor's payload (bytes · bits per value; hover for its pipeline), before a "
         "lossless stage over the whole body, then the envelope and the whole blob as sent.</p>"
         "<div class='scroll'><table class='results' id='anatomy'><thead><tr><th scope='col'>tensor</th>"

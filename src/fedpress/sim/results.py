@@ -78,7 +78,7 @@ def summarize(sim, st: dict, wall: float) -> dict:
         summary["secagg_overhead_bytes"] = st["secagg_overhead"]
     if getattr(sim, "scaffold", False):
         summary["scaffold_controls"] = sim.scaffold_controls
-    if st.get("upload_anatomy"):  # the last aggregated upload, per tensor (fedpress.inspect_blob)
+    if st.get("upload_anatomy"):  # an upload of the last round, per tensor (fedpress.inspect_blob)
         summary["upload_anatomy"] = st["upload_anatomy"]
     if sim.target is not None:
         summary.update(target_fields(hist, sim.target))

@@ -384,7 +384,9 @@ class Simulation:
         update_norm, priv, (extra_up, extra_down) = self._server_step(st, t, results, kept, secure, float_keys,
                                                                       masks, masks_np)
         first = next((r for r in results if r.client in kept), None)
-        if secure is None and first is not None:  # (under secure aggregation a blob is masked codes)
+        # (under secure aggregation a blob is masked codes); one extra decode in the first round
+        # with an upload and in the last, not in every round
+        if secure is None and first is not None and (t == self.rounds - 1 or not st.get("upload_anatomy")):
             st["upload_anatomy"] = steps.upload_anatomy(first, t, self._upload_structure(st, float_keys), masks_np)
         # The metrics row.
         metric, loss, per_client = self._evaluate(st, model)
