@@ -164,3 +164,24 @@ def test_inspect_breaks_a_blob_down_and_refuses_bad_files(tmp_path):
     assert r.exit_code == 2 and "bad magic" in r.output
     r = runner.invoke(app, ["inspect", str(tmp_path / "missing.bin")])
     assert r.exit_code == 2 and "cannot read" in r.output
+
+
+def test_inspect_reads_fingerprinted_uploads_with_the_models_state_dict(tmp_path):
+    import fedpress
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4))
+    sd = model.state_dict()
+    torch.save(sd, tmp_path / "model.pt")
+    update = {k: torch.randn(v.shape) for k, v in sd.items() if v.is_floating_point()}  # no int buffer
+    c = fedpress.codec("q:bits=8")
+    f = tmp_path / "up.bin"
+    f.write_bytes(c.encode_ex(update, structure="fingerprint", spec_ref=True).blob)
+    r = runner.invoke(app, ["inspect", str(f), "--json"])
+    assert r.exit_code == 2 and "fingerprint" in r.output
+    r = runner.invoke(app, ["inspect", str(f), "--json", "--structure-from", str(tmp_path / "model.pt"),
+                            "--spec", "q:bits=8"])
+    assert r.exit_code == 0, r.output
+    assert [t["name"] for t in json.loads(r.output)["tensors"]] == list(update)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    r = runner.invoke(app, ["inspect", str(f), "--structure-from", str(tmp_path / "junk.pt")])
+    assert r.exit_code == 2 and "cannot load a state_dict" in r.output

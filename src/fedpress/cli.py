@@ -63,6 +63,10 @@ def codecs_cmd() -> None:
 def inspect_cmd(
     blob: Path = typer.Argument(..., help="a file holding one fedpress blob"),  # noqa: B008
     spec: list[str] = typer.Option(None, "--spec", help="the agreed spec, for a blob that names it by digest"),  # noqa: B008
+    structure_from: Path = typer.Option(  # noqa: B008
+        None, "--structure-from",
+        help="a torch-saved state_dict of the model, for a blob that names its structure by fingerprint "
+        "(the simulator's and Flower's uploads): its float entries, or all of them, whichever matches"),
     json_out: bool = typer.Option(False, "--json", help="print the breakdown as JSON"),
 ) -> None:
     """Where a blob's bytes go: envelope, body, and per tensor its pipeline and payload."""
@@ -71,10 +75,22 @@ def inspect_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from fedpress import WireError, inspect_blob
+    from fedpress import Structure, WireError, inspect_blob
 
+    structures = None
+    if structure_from is not None:
+        import torch
+
+        try:
+            sd = torch.load(structure_from, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is one clear error
+            _fail(f"cannot load a state_dict from {structure_from}: {e}")
+        if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+            _fail(f"{structure_from} does not hold a state_dict (a dict of tensors)")
+        # An update holds the model's float entries (the simulator) or all of them: offer both.
+        structures = [Structure.of(sd), Structure.of({k: v for k, v in sd.items() if v.is_floating_point()})]
     try:
-        info = inspect_blob(blob.read_bytes(), specs=spec or None)
+        info = inspect_blob(blob.read_bytes(), specs=spec or None, structures=structures)
     except OSError as e:
         _fail(f"cannot read {blob}: {e.strerror or e}")
     except WireError as e:
