@@ -17,6 +17,7 @@ from fedpress.report.seeds import (
     STAT_KEYS,
     group_runs,
     paired_comparison,
+    paired_t,
     per_run_table,
     seeds_table,
 )
@@ -117,6 +118,24 @@ def test_paired_comparison_counts_seeds_not_worse(seeded):
     assert row["none"]["baseline"] is None and row["none"]["seeds_not_worse_than_baseline"] is None
 
 
+def test_paired_comparison_has_a_t_interval_and_p_value(seeded):
+    from scipy import stats
+
+    topk = {p["codec"]: p for p in paired_comparison(seeded)}["ef+topk:ratio=0.01"]
+    d = [p["delta"] for p in topk["per_seed"]]
+    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=np.mean(d), scale=stats.sem(d))
+    assert (topk["delta_final_ci95_lo"], topk["delta_final_ci95_hi"]) == pytest.approx((lo, hi))
+    assert topk["delta_final_ci95_lo"] < topk["delta_final_mean"] < topk["delta_final_ci95_hi"]
+    assert topk["delta_final_p"] == pytest.approx(stats.ttest_rel([p["codec"] for p in topk["per_seed"]],
+                                                                  [p["baseline"] for p in topk["per_seed"]]).pvalue)
+    row = {r["codec"]: r for r in seeds_table(seeded)}["ef+topk:ratio=0.01"]
+    assert row["delta_final_vs_baseline_p"] == topk["delta_final_p"]
+    # undefined with one seed or no spread: None, not a fake certainty
+    one = [r for r in seeded if r["summary"]["seed"] == 0]
+    assert paired_comparison(one)[0]["delta_final_ci95_lo"] is None
+    assert paired_t([0.01, 0.01, 0.01]) == (None, None, None)
+
+
 def test_paired_comparison_follows_the_metric_direction(make_run):
     runs = [
         make_run("none", 10, [0.5, m], seed=s, metric_name="mse") for s, m in enumerate((0.2, 0.3))
@@ -183,6 +202,10 @@ def test_write_report_over_seeds(tmp_path, seeded, partition):
     page = paths["html"].read_text()
     assert "3 codec(s) × 3 seeds (0, 1, 2)" in page
     assert "Paired comparison" in page and "id='paired'" in page and "id='runs'" in page
+    paired_table = page[page.index("id='paired'"):page.index("</table>", page.index("id='paired'"))]
+    assert "seeds ≥ none" in paired_table and "{" not in paired_table  # headers are formatted
+    assert "95 % CI (p)" in paired_table and "(p = " in paired_table
+    assert agg[2]["delta_final_vs_baseline_ci95_lo"] != ""
     assert "0.850 ± 0.050" in page  # none's final metric, mean ± std
     assert "shaded: min–max across seeds" in page and "the partition of seed 0" in page
 

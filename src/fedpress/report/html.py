@@ -209,9 +209,11 @@ def _paired_html(paired: Sequence[Mapping[str, Any]]) -> str:
         std = f" ± {num(p['delta_final_std'], '.4f')}" if p.get("delta_final_std") is not None else ""
         seeds = ", ".join(f"{q['seed']}: {q['delta']:+.4f}" for q in p["per_seed"])
         spec = _e(p["codec"]).replace("+", "+<wbr>")
+        ci = ("—" if p.get("delta_final_ci95_lo") is None else
+              f"{num(p['delta_final_ci95_lo'])} … {num(p['delta_final_ci95_hi'])} (p = {p['delta_final_p']:.3g})")
         body.append(
             f"<tr><td class='code'>{spec}</td><td class='num'>{_e(num(p['delta_final_mean']) + std)}</td>"
-            f"<td class='num'>{_e(spread)}</td>"
+            f"<td class='num'>{_e(ci)}</td><td class='num'>{_e(spread)}</td>"
             f"<td class='num'>{_e(p['seeds_not_worse'])}/{_e(p['paired_seeds'])}</td>"
             f"<td class='code'>{_e(seeds)}</td></tr>"
         )
@@ -220,10 +222,11 @@ def _paired_html(paired: Sequence[Mapping[str, Any]]) -> str:
         "<h2>Paired comparison</h2>"
         f"<p class='meta'>the final metric of each codec minus that of the {_e(base)} run with the "
         "same seed (same partition, links and client sampling), then mean ± sample std over the seeds; "
-        f"“{cmp_} {_e(base)}”: in how many seeds the codec was at least as good.</p>"
+        "95 % CI: Student's t over the seeds, p: paired t-test of no difference (with few seeds, read "
+        f"both as rough); “{cmp_} {_e(base)}”: in how many seeds the codec was at least as good.</p>"
         "<div class='scroll'><table class='results' id='paired'><thead><tr>"
         f"<th scope='col'>codec</th><th scope='col'>Δ final vs {_e(base)}</th>"
-        f"<th scope='col'>Δ min … max</th><th scope='col'>seeds {cmp_} {_e(base)}</th>"
+        f"<th scope='col'>95 % CI (p)</th><th scope='col'>Δ min … max</th><th scope='col'>seeds {cmp_} {_e(base)}</th>"
         f"<th scope='col'>Δ per seed</th></tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )
 

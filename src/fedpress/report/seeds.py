@@ -174,12 +174,32 @@ def _bytes_at(run: Run, rnd: Any) -> Any:
     return None
 
 
+def paired_t(deltas: Sequence[float]) -> tuple[float | None, float | None, float | None]:
+    """The 95 % confidence interval of the mean paired difference (Student's t, n − 1 degrees of
+    freedom) and the two-sided p-value of "no difference" (a paired t-test, scipy); None where
+    undefined (fewer than two seeds, or every seed the same difference).
+
+    >>> lo, hi, p = paired_t([0.02, 0.03, 0.01, 0.02, 0.04])
+    >>> round(lo, 4), round(hi, 4), round(p, 4)
+    (0.0098, 0.0382, 0.0093)
+    """
+    from scipy import stats
+
+    n = len(deltas)
+    if n < 2 or statistics.pstdev(deltas) == 0:
+        return None, None, None
+    mean, sem = statistics.fmean(deltas), statistics.stdev(deltas) / n ** 0.5
+    half = float(stats.t.ppf(0.975, n - 1)) * sem
+    return mean - half, mean + half, float(stats.ttest_1samp(deltas, 0.0).pvalue)
+
+
 def paired_comparison(runs: Sequence[Run], target: float | None = None) -> list[dict[str, Any]]:
     """Every codec against the first one (the baseline), seed by seed, on the final metric.
 
     One dict per codec after the baseline: ``codec``, ``baseline``, ``metric_name``,
     ``paired_seeds`` (seeds both ran), ``delta_final_mean`` / ``_std`` / ``_min`` / ``_max`` (codec
-    minus baseline, per seed), ``seeds_not_worse`` (seeds where the codec's final metric is at least
+    minus baseline, per seed), ``delta_final_ci95_lo`` / ``_hi`` and ``delta_final_p``
+    (:func:`paired_t`), ``seeds_not_worse`` (seeds where the codec's final metric is at least
     the baseline's: ``>=`` for accuracy-like metrics, ``<=`` for losses) and ``per_seed`` (seed,
     codec value, baseline value, delta). ``target`` is passed through to the per-run rows.
 
@@ -216,6 +236,7 @@ def paired_comparison(runs: Sequence[Run], target: float | None = None) -> list[
                 }
             )
         d = describe([p["delta"] for p in per_seed])
+        lo, hi, pval = paired_t([p["delta"] for p in per_seed])
         out.append(
             {
                 "codec": key[1],
@@ -226,6 +247,9 @@ def paired_comparison(runs: Sequence[Run], target: float | None = None) -> list[
                 "delta_final_std": d["std"],
                 "delta_final_min": d["min"],
                 "delta_final_max": d["max"],
+                "delta_final_ci95_lo": lo,
+                "delta_final_ci95_hi": hi,
+                "delta_final_p": pval,
                 "seeds_not_worse": sum(p["not_worse"] for p in per_seed),
                 "per_seed": per_seed,
             }
@@ -240,7 +264,7 @@ def seeds_table(runs: Sequence[Run], target: float | None = None) -> list[dict[s
     :data:`STAT_KEYS` ``KEY_mean KEY_std KEY_min KEY_max`` (std: sample std, None for one value),
     ``reached_target`` (seeds that reached it, None without a target; the ``*_to_target``
     statistics are over those seeds only), the paired comparison against the first codec
-    (``baseline``, ``delta_final_vs_baseline_mean/_std/_min/_max``,
+    (``baseline``, ``delta_final_vs_baseline_mean/_std/_min/_max/_ci95_lo/_ci95_hi/_p``,
     ``seeds_not_worse_than_baseline``, ``paired_seeds``; empty on the baseline's own row), and
     ``per_seed`` with every per-seed value (``seed`` plus each of :data:`STAT_KEYS`), which
     ``results.json`` keeps and ``results.csv`` leaves to ``runs.csv``.
@@ -284,7 +308,7 @@ def seeds_table(runs: Sequence[Run], target: float | None = None) -> list[dict[s
         p = paired.get(name)
         row["baseline"] = p["baseline"] if p else None
         row["paired_seeds"] = p["paired_seeds"] if p else None
-        for stat in ("mean", "std", "min", "max"):
+        for stat in ("mean", "std", "min", "max", "ci95_lo", "ci95_hi", "p"):
             row[f"delta_final_vs_baseline_{stat}"] = p[f"delta_final_{stat}"] if p else None
         row["seeds_not_worse_than_baseline"] = p["seeds_not_worse"] if p else None
         row["per_seed"] = {"seed": row["seeds"], **{k: [r.get(k) for r in rows] for k in STAT_KEYS}}
