@@ -336,3 +336,16 @@ def test_run_experiment_and_cli_write_the_report_files(tmp_path):
     r = CliRunner().invoke(app, ["run", "--scenario", "digits", "--async-buffer", "2", "--secagg", "--codec",
                                  "q:bits=8", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--async-buffer cannot be combined with --secagg" in r.output
+
+
+def test_rules_pick_sparse_mean_only_where_top_k_runs():
+    clients, test = blobs()
+    sim = _async(clients, test, rounds=4, codec="ef+topk:ratio=0.2+q:bits=8; *.bias=ternary")
+    assert sim.aggregate == "sparse_mean"
+    proc = sim._aggregator.create()
+    proc.accept({"0.weight": torch.tensor([1.0, 0.0]), "0.bias": torch.tensor([2.0, 0.0])}, weight=1.0)
+    proc.accept({"0.weight": torch.tensor([3.0, 0.0]), "0.bias": torch.tensor([0.0, 0.0])}, weight=1.0)
+    out = proc.result()[0]
+    assert out["0.weight"].tolist() == [2.0, 0.0] and out["0.bias"].tolist() == [1.0, 0.0]
+    res = sim.run()
+    assert res.summary["codec"] == "ef+topk:ratio=0.2+q:bits=8; *.bias=ternary" and len(res.history) == 4

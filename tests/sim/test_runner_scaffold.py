@@ -157,3 +157,20 @@ def test_asynchronous_runs_refuse_scaffold():
     clients, test = blobs()
     with pytest.raises(ValueError, match="synchronous rounds"):
         AsyncSimulation(mlp, clients, test, strategy="scaffold", buffer=2, metric=accuracy)
+
+
+def test_scaffold_with_a_lossy_downlink_pruning_and_sent_controls_keeps_its_books(tmp_path):
+    """c reaches clients through the downlink codec, pruned weights stay pruned, the uploads carry
+    Δcᵢ under their own rule, and c is still the mean of the cᵢ."""
+    kw = {"strategy": "scaffold", "scaffold_controls": "sent", "down_codec": "ef+q:bits=8", "rounds": 6,
+          "codec": "ef+topk:ratio=0.3+q:bits=8; scaffold.dc.*=q:bits=4", "checkpoint_every": 6,
+          "prune": {"sparsity": 0.5, "start": 2, "mode": "oneshot"}, "out_dir": tmp_path}
+    res = _sim(**kw).run()
+    assert res.history[-1]["sparsity"] >= 0.49 and res.history[-1]["metric"] > 0.6
+    sc = load_checkpoint(tmp_path)["scaffold"]
+    n = len(blobs()[0])
+    for k, c in sc["c"].items():
+        torch.testing.assert_close(c, sum(ci[k] for ci in sc["ci"].values()) / n, rtol=1e-5, atol=1e-6)
+    a = res.summary["upload_anatomy"]
+    dc = [t for t in a["tensors"] if t["name"].startswith("scaffold.dc.")]
+    assert dc and all(t["pipeline"] == "q:bits=4" for t in dc)
