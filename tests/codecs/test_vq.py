@@ -104,7 +104,38 @@ def test_malformed_pq_blobs_are_wire_errors():
 
 def test_error_feedback_keeps_what_pq_dropped():
     x = np.random.default_rng(6).normal(size=4096).astype(np.float32)
-    c = fedpress.codec("ef+pq:dim=8,centroids=16")
+    c = fedpress.codec("ef+pq:dim=8,centroids=16,warm=0")
     blob, state = c.encode(x, c.init(), seed=1)
     (res,) = state.values()
     np.testing.assert_array_equal(res, x - fedpress.decompress(blob))
+
+
+def test_warm_start_keeps_the_codebook_and_starts_from_it(monkeypatch):
+    """warm=1 keeps each tensor's fitted codebook in the codec state; the next round's k-means
+    starts from it (not from k-means++), and a codebook of the wrong shape is ignored."""
+    import sklearn.cluster
+
+    g = np.random.default_rng(7)
+    x = {"a": g.normal(size=4096).astype(np.float32), "b": g.normal(size=800).astype(np.float32)}
+    c = fedpress.codec("pq:dim=8,centroids=16")
+    assert c.stateful and not fedpress.codec("pq:warm=0").stateful
+    _, st = c.encode(x, c.init(), seed=1)
+    books = {k: v for k, v in st.items() if v.shape == (16, 8)}
+    assert len(books) == 2  # one codebook per tensor
+    inits = []
+    real_fit = sklearn.cluster.KMeans.fit
+
+    def spy(self, *a, **kw):
+        inits.append(self.init)
+        return real_fit(self, *a, **kw)
+
+    monkeypatch.setattr(sklearn.cluster.KMeans, "fit", spy)
+    blob, st2 = c.encode(x, st, seed=2)
+    assert all(isinstance(i, np.ndarray) for i in inits) and len(inits) == 2
+    for key, book in books.items():
+        assert any(np.array_equal(i, book) for i in inits), key
+    # same state, same seed: same bytes; a state of another shape falls back to k-means++
+    assert c.encode(x, st, seed=2)[0] == blob
+    inits.clear()
+    c.encode(x, {k: v[:3] for k, v in st.items()}, seed=2)
+    assert inits == ["k-means++", "k-means++"]

@@ -8,6 +8,9 @@ the n − m·dim leftover values go on down the chain as sub-tensors: ``pq+fp16`
 ``pq:dim=4+q:bits=8`` halve or quarter the codebook. With dim=8 and K=256 that is 1 bit per
 value plus the codebook, like ``sign`` but with a learned 8-dimensional shape instead of ±scale.
 
+Updates of consecutive rounds look alike, so by default (``warm=1``) each tensor's codebook is kept
+in the codec state and the next round's k-means starts from it instead of from k-means++.
+
 The nearest centroid is taken against the *reconstructed* codebook (what the decoder will hold), so
 every sub-vector decodes to the closest of the centroids the decoder has. Biased: pair it with ``ef``.
 Small tensors (m ≤ K distinct sub-vectors) travel exactly, at more than their raw size: keep them
@@ -71,9 +74,11 @@ def _nearest(points: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     return out
 
 
-def fit_codebook(points: np.ndarray, k: int, iters: int, fit: int, rng: np.random.Generator) -> np.ndarray:
+def fit_codebook(points: np.ndarray, k: int, iters: int, fit: int, rng: np.random.Generator,
+                 start: np.ndarray | None = None) -> np.ndarray:
     """k-means centroids (float32, at most ``k`` rows: no more than the distinct points) fitted on at
-    most ``fit`` of ``points`` drawn with ``rng``."""
+    most ``fit`` of ``points`` drawn with ``rng``; Lloyd starts from ``start`` (last round's
+    codebook) when it has the right shape, else from k-means++."""
     from sklearn.cluster import KMeans
 
     if points.shape[0] > fit:
@@ -82,8 +87,10 @@ def fit_codebook(points: np.ndarray, k: int, iters: int, fit: int, rng: np.rando
     k = min(k, distinct.shape[0])
     if k == distinct.shape[0]:  # as many centroids as distinct points: the points are the codebook
         return distinct.astype(np.float32)
-    km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=iters,
-                random_state=int(rng.integers(2**31 - 1)))
+    seed = int(rng.integers(2**31 - 1))
+    warm = start is not None and start.shape == (k, points.shape[1]) and np.isfinite(start).all()
+    km = KMeans(n_clusters=k, init=start.astype(points.dtype) if warm else "k-means++", n_init=1,
+                max_iter=iters, random_state=seed)
     with warnings.catch_warnings(), _one_thread():
         warnings.simplefilter("ignore")  # a run cut short by max_iter is what was asked for
         km.fit(points)
@@ -100,7 +107,8 @@ class PQ(Stage):
 
     name = "pq"
     help = ("product quantisation (FLSim): dim-value sub-vectors -> index of the nearest of K "
-            "k-means centroids; codebook handed on: dim=8, centroids=256, iters=10, fit=8192; use with ef")
+            "k-means centroids; codebook handed on: dim=8, centroids=256, iters=10, fit=8192, warm=1 "
+            "(k-means from last round's codebook); use with ef")
     role = "transform"
     checks_finite = True  # encode's own pass (before fitting) raises the pipeline's error
     params = {
@@ -108,7 +116,12 @@ class PQ(Stage):
         "centroids": Param(int, 256, "codebook size K (codes of ceil(log2 K) bits)", lo=2, hi=256),
         "iters": Param(int, 10, "k-means (Lloyd) iterations", lo=1, hi=300),
         "fit": Param(int, 8192, "sub-vectors the codebook is fitted on (a seeded sample)", lo=2, hi=1 << 20),
+        "warm": Param(bool, True, "start k-means from last round's codebook (codec state)"),
     }
+
+    @property
+    def stateful(self) -> bool:  # the codebook of the last round, per tensor (warm=1)
+        return self.__dict__["warm"]
 
     @property
     def needs_seed(self) -> bool:  # the fitting sample and k-means++ draw from the seed
@@ -123,7 +136,10 @@ class PQ(Stage):
             (t,) = rest([tail])
             return t.reshape(x.shape)
         pts = flat[: m * self.dim].reshape(m, self.dim)
-        cb = fit_codebook(pts, self.centroids, self.iters, self.fit, ctx.rng())
+        start = ctx.state_in.get(ctx.state_key) if self.warm else None
+        cb = fit_codebook(pts, self.centroids, self.iters, self.fit, ctx.rng(), start)
+        if self.warm:
+            ctx.state_out[ctx.state_key] = cb
         ctx.write(bytes([cb.shape[0] - 1]))
         cb_rec, t = rest([cb, tail])
         codes = nearest(pts, cb_rec)
