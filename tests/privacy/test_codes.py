@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+import fedpress
 from fedpress.privacy.codes import SharedRangeCodec, secagg_compatible
 from fedpress.privacy.dp import clip_update, update_norm
 from fedpress.privacy.secagg import SecAggRound
@@ -366,7 +367,8 @@ def test_server_error_sketch_follows_fetchsgd_recursion():
         x = rng.normal(0, 0.01, 350)
         x[rng.choice(350, 4, replace=False)] += rng.choice([-1.0, 1.0], 4)
         mean = sketch_of(x, tables, 40)  # a round's mean sketch (the codec's own map, float64)
-        delta, err = codec.accumulate(mean.ravel(), err, template, sketch_seed=9)
+        delta, err, vel = codec.accumulate(mean.ravel(), err, template, sketch_seed=9)
+        assert vel is None  # no momentum
         # by hand
         mine = mine + mean
         want = unsketch(mine, 350, tables, "median", 6).astype(np.float32)
@@ -394,7 +396,7 @@ def test_server_error_feedback_small_model_is_exact_top_k_ef():
     template = {"w": (10,)}
     err, acc = None, np.zeros(10)
     for m in (np.arange(10) / 10.0, -np.ones(10) / 4, np.linspace(1, -1, 10)):
-        delta, err = codec.accumulate(m, err, template, sketch_seed=1)
+        delta, err, _ = codec.accumulate(m, err, template, sketch_seed=1)
         acc += m
         top = np.argsort(-np.abs(acc), kind="stable")[:2]
         want = np.zeros(10)
@@ -402,6 +404,45 @@ def test_server_error_feedback_small_model_is_exact_top_k_ef():
         np.testing.assert_allclose(delta["w"].numpy(), want, rtol=1e-6)
         acc[top] = 0.0
         np.testing.assert_allclose(err, acc)
+
+
+def test_server_momentum_sketch_follows_fetchsgd_with_momentum():
+    """sketch:...,momentum=ρ: S_u ← ρ·S_u + mean, S_e ← S_e + S_u, Δ = top-k(unsketch(S_e)), and the
+    buckets of Δ zeroed in both S_e and S_u, recomputed by hand over 5 rounds."""
+    from fedpress.codecs.sketch import sketch_of, unsketch
+
+    codec = SharedRangeCodec("ef+sketch:cols=40,rows=3,k=6,momentum=0.9+q:bits=8")
+    template = {"w": (30, 10), "b": (50,)}
+    tables = codec._tables(9)
+    rng = np.random.default_rng(1)
+    err = vel = None
+    e_mine, u_mine = np.zeros((3, 40)), np.zeros((3, 40))
+    for _ in range(5):
+        x = rng.normal(0, 0.01, 350)
+        x[rng.choice(350, 4, replace=False)] += rng.choice([-1.0, 1.0], 4)
+        mean = sketch_of(x, tables, 40)
+        delta, err, vel = codec.accumulate(mean.ravel(), err, template, sketch_seed=9, velocity=vel)
+        u_mine = 0.9 * u_mine + mean
+        e_mine = e_mine + u_mine
+        want = unsketch(e_mine, 350, tables, "median", 6).astype(np.float32)
+        np.testing.assert_array_equal(_flat_of(delta), want)
+        hit = np.zeros((3, 40), bool)
+        for j in np.flatnonzero(want):
+            unit = np.zeros(350)
+            unit[j] = 1.0
+            hit |= sketch_of(unit, tables, 40) != 0
+        e_mine[hit] = 0.0
+        u_mine[hit] = 0.0
+        np.testing.assert_allclose(err.reshape(3, 40), e_mine, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(vel.reshape(3, 40), u_mine, rtol=1e-12, atol=1e-15)
+
+
+def test_sketch_momentum_belongs_to_the_server():
+    ok, why = secagg_compatible("sketch:cols=40,momentum=0.9+q:bits=8")
+    assert not ok and "needs the server's error sketch" in why
+    with pytest.raises(ValueError, match="server-side momentum"):
+        fedpress.compress(np.ones(500, np.float32), "sketch:cols=40,momentum=0.9")
+    assert fedpress.codec("sketch:cols=40,momentum=0.5").spec == "sketch:cols=40,momentum=0.5"
 
 
 def test_secure_round_with_server_side_error_feedback():

@@ -182,17 +182,24 @@ def test_ef_sketch_under_secagg_is_server_side_error_feedback_and_trains():
         assert res.history[-1]["metric"] > 0.85 and res.summary["epsilon"] > 0
 
 
-def test_ef_sketch_run_resumes_exactly(tmp_path):
-    """The error sketch is run state: it is checkpointed, and a resumed run equals the uninterrupted one."""
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_ef_sketch_run_resumes_exactly(tmp_path, momentum):
+    """The error (and momentum) sketch is run state: it is checkpointed, and a resumed run equals
+    the uninterrupted one."""
     from fedpress.sim.results import load_checkpoint
 
     clients, test = _setup()
-    kw = {"rounds": 6, "per_round": 6, "lr": 0.1, "metric": _acc, "codec": "ef+" + SKETCH, "secagg": True,
+    codec = "ef+" + SKETCH.replace("k=30", f"k=30,momentum={momentum}" if momentum else "k=30")
+    kw = {"rounds": 6, "per_round": 6, "lr": 0.1, "metric": _acc, "codec": codec, "secagg": True,
           "dp_clip": 1.0, "dp_noise": 0.3, "checkpoint_every": 3}
     full = Simulation(_model, clients, test, out_dir=tmp_path / "full", **kw).run()
     Simulation(_model, clients, test, out_dir=tmp_path / "part", **{**kw, "rounds": 3}).run()
-    err = load_checkpoint(tmp_path / "part")["sketch_error"]
+    st = load_checkpoint(tmp_path / "part")
+    err = st["sketch_error"]
     assert err.shape == (60,) and np.abs(err).max() > 0
+    assert (st["sketch_velocity"] is None) == (not momentum)
+    if momentum:
+        assert full.history[-1]["metric"] > 0.8
     resumed = Simulation(_model, clients, test, out_dir=tmp_path / "part", **kw).run(resume=tmp_path / "part")
     assert resumed.history == full.history
     torch.testing.assert_close(resumed.params, full.params, rtol=0, atol=0)

@@ -282,6 +282,8 @@ class Sketch(Stage):
         "rows": Param(int, 5, "rows R (independent hashes; odd is best for the median)", lo=1, hi=15),
         "k": Param(int, 0, "keep the k largest-magnitude estimates (0: all)", lo=0, hi=MAX_COLS),
         "est": Param(str, "median", "estimate from the rows: median or mean", choices=("median", "mean")),
+        "momentum": Param(float, 0.0, "FetchSGD's momentum rho in sketch space, kept by the server (ef+sketch "
+                          "under secure aggregation only)", lo=0.0, hi=0.999),
     }
     recon_optional = True
 
@@ -313,6 +315,10 @@ class Sketch(Stage):
         return hash_tables(ctx.rng(), self.rows)
 
     def encode(self, x, ctx, rest):
+        if self.momentum:
+            # A client never applies it: the server keeps the momentum sketch (SharedRangeCodec.accumulate)
+            raise ValueError("sketch momentum is FetchSGD's server-side momentum: it needs ef+sketch under "
+                             "secure aggregation (--secagg)")
         flat = np.ascontiguousarray(x, np.float32).reshape(-1)
         n = flat.size
         if not self.sketched(n):

@@ -104,6 +104,10 @@ def secagg_compatible(spec: str) -> tuple[bool, str]:
         if name not in ("randk", "rht", "sketch", "fixed", "q"):
             return False, f"{name}: no shared-range integer form; use fixed on a shared range"
     if "sketch" in body:
+        sk0 = next(s for s in stages if s.name == "sketch")
+        if sk0.momentum and names[0] != "ef":
+            return False, ("sketch: momentum is FetchSGD's server-side momentum in sketch space; it needs "
+                           "the server's error sketch: ef+sketch:...,momentum=ρ+q:bits=n")
         if body not in (["sketch", "q"], ["sketch", "fixed"]):
             return False, ("sketch: use [ef+]sketch:...+q:bits=n or [ef+]sketch:...+fixed:... (the sketch "
                            "of the whole update right before the quantiser, without randk or rht)")
@@ -478,16 +482,19 @@ class SharedRangeCodec:
         return out
 
     def accumulate(self, mean: np.ndarray, error: np.ndarray | None, template: dict[str, Any], *,
-                   sketch_seed: int) -> tuple[dict, np.ndarray]:
-        """Server-side error feedback of ``ef+sketch`` (FetchSGD, Algorithm 1 without momentum, with
-        the reference implementation's error reset).
+                   sketch_seed: int, velocity: np.ndarray | None = None) -> tuple[dict, np.ndarray, np.ndarray | None]:
+        """Server-side error feedback of ``ef+sketch`` (FetchSGD, Algorithm 1, with the reference
+        implementation's error reset).
 
         ``mean``: this round's mean in code space (:meth:`code_space_sum` / n, with any DP noise
-        already in it); ``error``: the error sketch S_e kept from the last round (None at first).
-        S_e ← S_e + mean; Δ = top-k(unsketch(S_e)) (hashes from the run's ``sketch_seed``), as
-        float32, the step applied; then every bucket that a coordinate of Δ hashes to is zeroed in
-        S_e (:meth:`applied_buckets`), in every row. Returns (Δ as float32 tensors shaped like
-        ``template``, the new S_e, float64). Everything here is post-processing of ``mean``.
+        already in it); ``error``: the error sketch S_e kept from the last round (None at first);
+        ``velocity``: the momentum sketch S_u (None at first; only with ``sketch:...,momentum=ρ``).
+        S_u ← ρ·S_u + mean (without momentum S_u = mean); S_e ← S_e + S_u;
+        Δ = top-k(unsketch(S_e)) (hashes from the run's ``sketch_seed``), as float32, the step
+        applied; then every bucket that a coordinate of Δ hashes to is zeroed in S_e and S_u
+        (:meth:`applied_buckets`), in every row, as FetchSGD's code zeroes both. Returns (Δ as float32
+        tensors shaped like ``template``, the new S_e, the new S_u or None, float64). Everything
+        here is post-processing of ``mean``.
 
         The paper writes the last step S_e ← S_e − S(Δ), which keeps the error exact; FetchSGD's own
         code zeroes the buckets instead, noting that the subtraction diverges, and so it did here
@@ -503,12 +510,22 @@ class SharedRangeCodec:
         mean = np.asarray(mean, np.float64)
         if mean.shape != (n,):
             raise ValueError(f"expected {n} values, got shape {mean.shape}")
-        err = mean.copy() if error is None else np.asarray(error, np.float64) + mean
+        rho = self.sketch.momentum
+        vel = None
+        if rho:
+            vel = mean.copy() if velocity is None else rho * np.asarray(velocity, np.float64) + mean
+            if vel.shape != (n,):
+                raise ValueError(f"momentum sketch of shape {vel.shape}, expected ({n},): another codec or model?")
+        step = mean if vel is None else vel
+        err = step.copy() if error is None else np.asarray(error, np.float64) + step
         if err.shape != (n,):
             raise ValueError(f"error sketch of shape {err.shape}, expected ({n},): another codec or model?")
         d = sum(int(np.prod(_shape(v), dtype=np.int64)) for v in template.values())
         delta = self._unsketch(err, d, sketch_seed).astype(np.float32)
-        err[self.applied_buckets(np.flatnonzero(delta), d, sketch_seed)] = 0.0
+        applied = self.applied_buckets(np.flatnonzero(delta), d, sketch_seed)
+        err[applied] = 0.0
+        if vel is not None:
+            vel[applied] = 0.0
         out, pos = {}, 0
         import torch
 
@@ -517,7 +534,7 @@ class SharedRangeCodec:
             m = int(np.prod(shape, dtype=np.int64))
             out[name] = torch.from_numpy(delta[pos : pos + m].reshape(shape).copy())
             pos += m
-        return out, err
+        return out, err, vel
 
     def applied_buckets(self, idx: np.ndarray, d: int, sketch_seed: int) -> np.ndarray:
         """Flat indices (into the R·C sketch) of the buckets that coordinates ``idx`` of a d-value

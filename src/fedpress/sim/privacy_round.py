@@ -142,6 +142,8 @@ class SecureRound:
             round_seed = sketch_seed  # the codec's only use of the round seed is the sketch's hashes
         #: The error sketch after :meth:`aggregate` (``ef+sketch``), else None.
         self.sketch_error = None
+        #: The momentum sketch after :meth:`aggregate` (``ef+sketch:...,momentum=ρ``), else None.
+        self.sketch_velocity = None
 
         n_on = len(online)
         holders = n_on if neighbors is None else min(n_on, neighbors + 1)
@@ -172,7 +174,8 @@ class SecureRound:
         return self.sa.mask(client, codes), state
 
     def aggregate(self, received: dict[int, bytes], rnd: int, *, accountant, clip: float | None,
-                  noise: float | None, denominator: int, dp_seed: int, sketch_error: np.ndarray | None = None):
+                  noise: float | None, denominator: int, dp_seed: int, sketch_error: np.ndarray | None = None,
+                  sketch_velocity: np.ndarray | None = None):
         """The mean of the ``received`` uploads (clients of :attr:`online` missing from it dropped),
         with DP noise added to the sum when ``clip`` is set.
 
@@ -188,6 +191,7 @@ class SecureRound:
         from fedpress.privacy.masking import SecAggError
 
         self.sketch_error = sketch_error
+        self.sketch_velocity = sketch_velocity
         dropped = set(self.online) - set(received)
         priv: dict[str, Any] = {}
         try:
@@ -241,8 +245,9 @@ class SecureRound:
 
     def _step(self, mean_codes: np.ndarray) -> dict:
         """FetchSGD's server step from the round's mean sketch; keeps the new error sketch."""
-        delta, self.sketch_error = self.codec.accumulate(mean_codes, self.sketch_error, self.template,
-                                                         sketch_seed=self.round_seed)
+        delta, self.sketch_error, self.sketch_velocity = self.codec.accumulate(
+            mean_codes, self.sketch_error, self.template, sketch_seed=self.round_seed,
+            velocity=self.sketch_velocity)
         return delta
 
 

@@ -306,8 +306,9 @@ class Simulation:
             # q with a shared scale under SecAgg: the range for round 0 (the clip when clipping, so
             # nothing is clamped); afterwards 4x the largest coordinate of the last aggregate.
             "secagg_range": float(self.dp_clip) if self.dp_clip else 1.0,
-            # ef+sketch under SecAgg: the server's error sketch (FetchSGD), carried across rounds.
-            "sketch_error": None,
+            # ef+sketch under SecAgg: the server's error (and momentum) sketch (FetchSGD), carried
+            # across rounds.
+            "sketch_error": None, "sketch_velocity": None,
             # SCAFFOLD: the server's control variate c and each client's cᵢ (trainable parameters).
             "scaffold": scaffold.init(params, [k for k, p in model.named_parameters() if p.requires_grad])
             if self.scaffold else None,
@@ -535,8 +536,8 @@ class Simulation:
             mean, priv, extra, over = secure.aggregate(
                 received, t, accountant=st["accountant"], clip=self.dp_clip, noise=self.dp_noise,
                 denominator=self.per_round, dp_seed=derive_seed(self.seed, 57) & 0x7FFFFFFF,
-                sketch_error=st.get("sketch_error"))
-            st["sketch_error"] = secure.sketch_error
+                sketch_error=st.get("sketch_error"), sketch_velocity=st.get("sketch_velocity"))
+            st["sketch_error"], st["sketch_velocity"] = secure.sketch_error, secure.sketch_velocity
             st["secagg_overhead"] += over
             st["secagg_range"] = next_shared_range(self._sa_codec, mean, clip=self.dp_clip,
                                                    current=st["secagg_range"])
