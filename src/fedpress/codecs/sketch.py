@@ -273,7 +273,7 @@ class Sketch(Stage):
     name = "sketch"
     help = ("count sketch (FetchSGD): rows x cols buckets, hashes from the seed; decode = median over "
             "rows, k=K keeps the K largest (heavy hitters); linear, so secagg can sum it: cols=C or "
-            "ratio=r, rows=5, k=0 (all), est=median|mean")
+            "ratio=r, rows=5, k=0 (all), est=median|mean, momentum=rho (the server's, ef+sketch under secagg)")
     role = "transform"
     params = {
         "cols": Param(int, 0, "buckets per row C (0: set by ratio)", lo=0, hi=MAX_COLS),
