@@ -110,12 +110,16 @@ class _SparseMeanProcess(_MeanProcess):
     def __init__(self, only=None):
         super().__init__()
         self.only = only
+        self._sparse: dict[str, bool] = {}
         self.weights: dict[str, torch.Tensor] = {}  # per coordinate: weight of the clients that sent it
 
     def _fold(self, k: str, v: torch.Tensor, weight: float) -> None:
         super()._fold(k, v, weight)
-        if self.only is not None and not self.only(k, tuple(v.shape)):
-            return
+        if self.only is not None:
+            if k not in self._sparse:  # the same answer for every client: asked once per tensor
+                self._sparse[k] = bool(self.only(k, tuple(v.shape)))
+            if not self._sparse[k]:
+                return
         if k not in self.weights:
             self.weights[k] = torch.zeros(v.shape, dtype=torch.float64)
         self.weights[k].add_((v != 0).to(torch.float64), alpha=weight)
@@ -154,24 +158,31 @@ class _SumProcess(_MeanProcess):
 
 class DecodingFactory:
     """Accepts blobs: decodes each (``fedpress.decompress``) and hands the tensors to the inner
-    process, then lets the decoded update go. Measures the bytes it decoded."""
+    process, then lets the decoded update go. Measures the bytes it decoded.
 
-    def __init__(self, inner: Factory, *, structures=None, masks=None, specs=None):
+    ``observe(client, weight, update) -> update``, when given, sees every decoded update first and
+    returns the part to aggregate: what a strategy needs per client (SCAFFOLD's control variates)
+    is taken from the one decode, not from a second one.
+    """
+
+    def __init__(self, inner: Factory, *, structures=None, masks=None, specs=None, observe=None):
         self.inner = inner
         self.structures = structures
         self.masks = masks
         self.specs = specs
+        self.observe = observe
 
     def create(self) -> _DecodingProcess:
-        return _DecodingProcess(self.inner.create(), self.structures, self.masks, self.specs)
+        return _DecodingProcess(self.inner.create(), self.structures, self.masks, self.specs, self.observe)
 
 
 class _DecodingProcess:
-    def __init__(self, inner: Process, structures, masks, specs=None):
+    def __init__(self, inner: Process, structures, masks, specs=None, observe=None):
         self.inner = inner
         self.structures = structures
         self.masks = masks
         self.specs = specs
+        self.observe = observe
         self.nbytes = 0
 
     def accept(self, blob: bytes, weight: float = 1.0, client: int | None = None) -> None:
@@ -179,6 +190,8 @@ class _DecodingProcess:
 
         update = decompress(blob, structures=self.structures, masks=self.masks, specs=self.specs)
         self.nbytes += len(blob)
+        if self.observe is not None:
+            update = self.observe(client, weight, update)
         self.inner.accept(update, weight, client)
 
     def result(self):

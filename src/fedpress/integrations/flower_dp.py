@@ -53,7 +53,6 @@ from __future__ import annotations
 import importlib
 import math
 import sys
-from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -62,6 +61,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedpress.codecs import Codec
 from fedpress.codecs.feedback import residual_key
+from fedpress.privacy.dp import update_norm
 
 __all__ = [
     "KEY_CLIPPING_NORM",
@@ -69,7 +69,6 @@ __all__ = [
     "clipping_norm",
     "enclosing_array_mod",
     "feed_back_clip",
-    "l2_norm",
 ]
 
 
@@ -90,15 +89,12 @@ def clipping_norm(content: RecordDict) -> float | None:
     return None
 
 
-def l2_norm(tensors: Iterable[torch.Tensor]) -> float:
-    """Euclidean norm of all the tensors together, accumulated in float64 (the node and the server
-    compute it alike, so both find the same scale for the same decoded update)."""
-    return math.sqrt(sum(float(torch.sum(t.detach().double() ** 2)) for t in tensors))
-
-
 def clip_update(update: dict[str, torch.Tensor], c: float) -> tuple[float, float]:
-    """Scale ``update`` in place to norm ≤ ``c`` (Flower's FlatClip); return (norm before, scale)."""
-    norm = l2_norm(update.values())
+    """Scale ``update`` in place to norm ≤ ``c`` (Flower's FlatClip); return (norm before, scale).
+    The norm is :func:`fedpress.privacy.dp.update_norm` (float64), on the node and the server alike,
+    so both find the same scale for the same decoded update. In place, unlike that module's
+    ``clip_update``: the mod and the strategy rewrite the reply's own tensors."""
+    norm = update_norm(update)
     scale = min(1.0, c / norm) if norm > 0 else 1.0
     if scale < 1.0:
         for v in update.values():
@@ -113,7 +109,7 @@ def feed_back_clip(state: dict, recon: dict[str, torch.Tensor], codec: Codec, c:
     ``s = min(1, c/|recon|)`` (the same float64 norm on both sides), so the residual that keeps
     error feedback's books straight is ``encoded − s · recon``.
     """
-    norm = l2_norm(recon.values())
+    norm = update_norm(recon)
     if norm <= c:
         return state
     keep = 1.0 - c / norm

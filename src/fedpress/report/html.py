@@ -40,6 +40,7 @@ from fedpress.report.seeds import (
 )
 from fedpress.report.tables import (
     DISPLAY_COLUMNS,
+    Run,
     codec_usage,
     display_rows,
     format_bytes,
@@ -52,7 +53,6 @@ from fedpress.report.tables import (
 
 __all__ = ["environment_info", "render_html", "write_report"]
 
-Run = Mapping[str, Any]
 
 # File names are part of the CLI contract (`fedpress compare` writes these into --out).
 FILES = {

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpress.report.seeds import group_runs, seeds_of
-from fedpress.report.tables import _finite, higher_is_better, run_names
+from fedpress.report.tables import Run, _finite, higher_is_better, run_names
 
 __all__ = [
     "partition_matrix",
@@ -24,7 +24,6 @@ __all__ = [
     "seed_band",
 ]
 
-Run = Mapping[str, Any]
 
 _DPI = 110
 

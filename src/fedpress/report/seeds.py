@@ -32,6 +32,7 @@ from typing import Any
 
 from fedpress.report.tables import (
     DISPLAY_COLUMNS,
+    Run,
     _finite,
     _fmt_plain,
     format_bytes,
@@ -55,7 +56,6 @@ __all__ = [
     "seeds_table",
 ]
 
-Run = Mapping[str, Any]
 
 #: The per-run numbers :func:`seeds_table` summarises as ``KEY_mean``, ``KEY_std``, ``KEY_min`` and
 #: ``KEY_max`` (the per-seed values themselves go to the row's ``per_seed``).

@@ -61,7 +61,13 @@ from fedpress.fl.strategies import make_strategy
 from fedpress.sim import network as netmod
 from fedpress.sim import round_steps as steps
 from fedpress.sim.backends import ClientJob, make_backend
-from fedpress.sim.results import load_checkpoint, save_checkpoint, target_fields, write_results
+from fedpress.sim.results import (
+    base_summary,
+    finish_summary,
+    load_checkpoint,
+    save_checkpoint,
+    write_results,
+)
 from fedpress.sim.runner import SimResult, _metric_fn, as_tensors, derive_seed
 from fedpress.wire import Structure
 
@@ -497,25 +503,13 @@ class AsyncSimulation:
 
     def _finish(self, st: dict, wall: float) -> SimResult:
         hist = st["history"]
-        metrics = [h["metric"] for h in hist if h["metric"] is not None]
-        summary = {
-            "scenario": self.scenario, "codec": self.codec.spec,
-            "down_codec": self.down_codec.spec if self.down_codec else None,
-            "final_metric": metrics[-1] if metrics else float("nan"),
-            "best_metric": float(np.nanmax(metrics)) if metrics else float("nan"),
-            "metric_name": self.metric_name,
-            "total_uplink_bytes": st["cum_up"], "total_downlink_bytes": st["cum_down"],
-            "rounds": len(hist), "sim_seconds": hist[-1]["sim_seconds"] if hist else 0.0,
-            "wall_seconds": wall, "seed": self.seed, "clients": len(self.clients),
+        summary = base_summary(self, st, wall, sim_seconds=hist[-1]["sim_seconds"] if hist else 0.0)
+        summary.update({
             "mode": "async", "buffer": self.buffer, "concurrency": self.concurrency,
             "staleness": self.staleness_name, "client_updates": st["updates"], "clients_failed": st["failed"],
-            "client_starts": st["dispatched"], "strategy": self.strategy.name, "network": self.network_name,
-            "policy": "fixed", "aggregate": self.aggregate, "attack": None,
-            "timing": {k: round(v, 4) for k, v in st["timing"].items()},
-            **self.extra_summary,
-        }
-        if self.target is not None:
-            summary.update(target_fields(hist, self.target))
+            "client_starts": st["dispatched"], "policy": "fixed", "attack": None,
+        })
+        finish_summary(self, st, summary)
         if self.out_dir:
             write_results(self.out_dir, hist, summary)
         return SimResult(hist, summary, st["G"])

@@ -48,41 +48,55 @@ def load_checkpoint(resume: str | Path, mode: str = "sync") -> dict:
     return st
 
 
-def summarize(sim, st: dict, wall: float) -> dict:
-    """The run summary: ``sim``'s settings, the totals of the run state ``st`` and, with a target,
-    when the run first reached it. ``wall``: the run's wall-clock seconds."""
-    hist = st["history"]
-    metrics = [h["metric"] for h in hist]
-    summary = {
+def base_summary(sim, st: dict, wall: float, *, sim_seconds: float) -> dict:
+    """What every run's summary holds, synchronous (:func:`summarize`) or FedBuff's: the settings
+    both runners share and the run state's totals. The caller adds its own keys, then
+    :func:`finish_summary`."""
+    metrics = [h["metric"] for h in st["history"] if h["metric"] is not None]
+    return {
         "scenario": sim.scenario, "codec": sim.codec.spec,
         "down_codec": sim.down_codec.spec if sim.down_codec else None,
         "final_metric": metrics[-1] if metrics else float("nan"),
         "best_metric": float(np.nanmax(metrics)) if metrics else float("nan"),
         "metric_name": sim.metric_name,
         "total_uplink_bytes": st["cum_up"], "total_downlink_bytes": st["cum_down"],
-        "rounds": len(hist), "sim_seconds": st["sim_seconds"], "wall_seconds": wall,
-        "seed": sim.seed, "clients": len(sim.clients), "per_round": sim.per_round,
-        "strategy": sim.strategy.name, "network": sim.network_name, "deadline": sim.deadline,
-        "sampling": sim.sampling,
-        "policy": (getattr(sim.policy, "spec", None) or sim.policy.name) if sim.policy else "fixed",
-        "secagg": sim.secagg, "dropout": sim.dropout, "aggregate": sim.aggregate,
-        "attack": sim.attack.spec if sim.attack else None, "attackers": sorted(sim.attackers),
-        "timing": {k: round(v, 4) for k, v in st["timing"].items()},
-        **sim.extra_summary,
+        "rounds": len(st["history"]), "sim_seconds": sim_seconds, "wall_seconds": wall,
+        "seed": sim.seed, "clients": len(sim.clients), "strategy": sim.strategy.name,
+        "network": sim.network_name, "aggregate": sim.aggregate,
     }
+
+
+def finish_summary(sim, st: dict, summary: dict) -> dict:
+    """The keys every summary ends with: timings, the caller's extras and, with a target, when the
+    run first reached it."""
+    summary["timing"] = {k: round(v, 4) for k, v in st["timing"].items()}
+    summary.update(sim.extra_summary)
+    if sim.target is not None:
+        summary.update(target_fields(st["history"], sim.target))
+    return summary
+
+
+def summarize(sim, st: dict, wall: float) -> dict:
+    """The run summary of a synchronous run: ``sim``'s settings, the totals of the run state ``st``
+    and, with a target, when the run first reached it. ``wall``: the run's wall-clock seconds."""
+    summary = base_summary(sim, st, wall, sim_seconds=st["sim_seconds"])
+    summary.update({
+        "per_round": sim.per_round, "deadline": sim.deadline, "sampling": sim.sampling,
+        "policy": (getattr(sim.policy, "spec", None) or sim.policy.name) if sim.policy else "fixed",
+        "secagg": sim.secagg, "dropout": sim.dropout,
+        "attack": sim.attack.spec if sim.attack else None, "attackers": sorted(sim.attackers),
+    })
     if st.get("accountant") is not None:
         summary.update(epsilon=st["accountant"].epsilon(), delta=sim.dp_delta, dp_clip=sim.dp_clip,
                        dp_noise_multiplier=sim.dp_noise, target_epsilon=sim.target_epsilon,
                        dp_mode=sim.dp_mode)
     if sim.secagg:
         summary["secagg_overhead_bytes"] = st["secagg_overhead"]
-    if getattr(sim, "scaffold", False):
+    if sim.scaffold:
         summary["scaffold_controls"] = sim.scaffold_controls
     if st.get("upload_anatomy"):  # an upload of the last round, per tensor (fedpress.inspect_blob)
         summary["upload_anatomy"] = st["upload_anatomy"]
-    if sim.target is not None:
-        summary.update(target_fields(hist, sim.target))
-    return summary
+    return finish_summary(sim, st, summary)
 
 
 def target_fields(hist: list[dict], target: float) -> dict:

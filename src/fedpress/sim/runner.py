@@ -515,22 +515,19 @@ class Simulation:
         """Aggregate the kept uploads and step G. Returns (the norm of the mean update, None when
         nobody survived; the row's privacy fields; (extra bytes up, extra bytes down))."""
         t0 = time.perf_counter()
-        mean, priv, extra = self._aggregate(st, t, results, kept, secure, float_keys, masks_np)
+        dcs: dict = {}  # SCAFFOLD: each aggregated client's Δcᵢ, taken while decoding
+        mean, priv, extra = self._aggregate(st, t, results, kept, secure, float_keys, masks_np, dcs)
         if self.scaffold and mean is not None:
-            st["scaffold"] = sround.commit_round(
-                st["scaffold"], [r for r in results if r.client in kept], self._c_hat,
-                self._upload_structure(st, float_keys), masks_np, controls=self.scaffold_controls,
-                cfg=self.train_cfg, n_clients=len(self.clients))
-            mean = scaffold.split_controls(mean)[0]  # the mean Δcᵢ has no place in the model
+            st["scaffold"] = scaffold.commit(st["scaffold"], dcs, n_clients=len(self.clients))
         update_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in mean.values()))) if mean else None
         self._apply(st, t, mean, masks)
         st["timing"]["decode_aggregate_s"] += time.perf_counter() - t0
         return update_norm, priv, extra
 
-    def _aggregate(self, st, t, results, kept, secure, float_keys, masks_np):
+    def _aggregate(self, st, t, results, kept, secure, float_keys, masks_np, dcs=None):
         """Streaming aggregation of the kept blobs (decode → DP or the aggregation rule), or the
-        secure sum. Returns (the mean update or None, the row's privacy fields, (extra bytes up,
-        extra bytes down))."""
+        secure sum; with SCAFFOLD each client's Δcᵢ goes into ``dcs`` on the way. Returns (the mean
+        update or None, the row's privacy fields, (extra bytes up, extra bytes down))."""
         if secure is not None:
             received = {r.client: r.blob for r in results if r.client in kept}
             mean, priv, extra, over = secure.aggregate(
@@ -546,7 +543,9 @@ class Simulation:
         structure = self._upload_structure(st, float_keys)
         specs = sorted({r.spec for r in results})
         inner = st["dp"] if st["dp"] is not None else self._aggregator
-        proc = DecodingFactory(inner, structures=[structure], masks=masks_np, specs=specs).create()
+        observe = (sround.observer(dcs, self._c_hat, controls=self.scaffold_controls, cfg=self.train_cfg)
+                   if self.scaffold else None)
+        proc = DecodingFactory(inner, structures=[structure], masks=masks_np, specs=specs, observe=observe).create()
         for r in results:
             if r.client in kept:
                 proc.accept(r.blob, weight=r.weight, client=r.client)

@@ -1,9 +1,9 @@
 """SCAFFOLD's part of a synchronous round (the math is in :mod:`fedpress.fl.scaffold`).
 
 Before training the server broadcasts its control variate c as a real blob (:func:`broadcast`);
-each client's job carries ĉ − cᵢ; after aggregation every kept client's Δcᵢ, derived from its
-decoded update or decoded from its upload, moves cᵢ and c (:func:`commit_round`). The run state
-``st["scaffold"]`` holds c and the cᵢ, so checkpoints carry them.
+each client's job carries ĉ − cᵢ; while the server decodes the kept uploads, every client's Δcᵢ,
+derived from its decoded update or decoded from its upload, is taken aside (:func:`observer`),
+then moves cᵢ and c. The run state ``st["scaffold"]`` holds c and the cᵢ, so checkpoints carry them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import warnings
 
 import torch
 
-from fedpress.codecs import Codec, compress, decompress
+from fedpress.codecs import Codec
+from fedpress.codecs.combine import cached_codec
 from fedpress.fl import scaffold
 from fedpress.wire import Structure
 
@@ -20,9 +21,10 @@ from fedpress.wire import Structure
 def broadcast(state: dict, down_codec: Codec | None, *, seed: int) -> tuple[dict, int]:
     """c as every client of the round receives it (ĉ: a real blob, with the downlink codec when
     there is one, else float32; its state is not kept, so a lossy ĉ carries no error feedback),
-    and the bytes each of them downloads for it."""
-    blob = compress(state["c"], down_codec.spec if down_codec is not None else "none", seed=seed)
-    return {k: torch.as_tensor(v) for k, v in decompress(blob).items()}, len(blob)
+    and the bytes each of them downloads for it. ĉ is the encoder's reconstruction, which is what
+    decoding the blob gives (law 1), so the blob is not decoded again here."""
+    e = cached_codec(down_codec.spec if down_codec is not None else "none").encode_ex(state["c"], seed=seed)
+    return {k: torch.as_tensor(v) for k, v in e.recon.items()}, len(e.blob)
 
 
 def upload_structure(G: dict, float_keys, state: dict | None) -> Structure:
@@ -34,17 +36,19 @@ def upload_structure(G: dict, float_keys, state: dict | None) -> Structure:
     return Structure.of(entries)
 
 
-def commit_round(state: dict, kept_results, c_hat: dict, structure: Structure, masks_np, *, controls: str,
-                 cfg, n_clients: int) -> dict:
-    """Every aggregated client's Δcᵢ into cᵢ and c: derived from the update the server decoded
-    (the client derives the same from its codec's reconstruction), or the decoded Δcᵢ it sent."""
-    dcs = {}
-    for r in kept_results:
-        model, sent = scaffold.split_controls(decompress(r.blob, structures=[structure], specs=[r.spec],
-                                                         masks=masks_np))
-        dcs[r.client] = sent if controls == "sent" else scaffold.control_delta(
-            model, c_hat, steps=scaffold.local_steps(int(r.weight), cfg.epochs, cfg.batch_size), lr=cfg.lr)
-    return scaffold.commit(state, dcs, n_clients=n_clients)
+def observer(dcs: dict, c_hat: dict, *, controls: str, cfg):
+    """The aggregation's ``observe`` hook (:class:`fedpress.fl.aggregators.DecodingFactory`): from
+    each aggregated client's decoded upload, its Δcᵢ into ``dcs`` — derived from the update (the
+    client derives the same from its codec's reconstruction) or the decoded Δcᵢ it sent — and the
+    model update alone on to the mean. :func:`fedpress.fl.scaffold.commit` then applies ``dcs``."""
+
+    def observe(client, weight, update):
+        model, sent = scaffold.split_controls(update)
+        dcs[client] = sent if controls == "sent" else scaffold.control_delta(
+            model, c_hat, steps=scaffold.local_steps(int(weight), cfg.epochs, cfg.batch_size), lr=cfg.lr)
+        return model
+
+    return observe
 
 
 def check_resume(sim, st: dict) -> None:
